@@ -3,7 +3,10 @@
 Both sides do the same work on the same files: decode each photo, make its views
 (``--augment``), classify in batches, keep the top 5. Measured in one run:
 
-* ``plain``: one Python process, torch using every core, a loop over batches;
+* ``plain``: one Python process, torch using every core, a loop over batches; it loads
+  the model with :func:`cwox.models.load_model`, which sets glibc's allocator as
+  :mod:`cwox.devices` explains; the same loop is also timed in a child process that
+  leaves the allocator at glibc's defaults (``CWOX_MALLOC_TUNING=0``), to show that gain;
 * ``pipeline (cold)``: :func:`offline.documents.build_documents` end to end, starting
   its LocalCluster and loading the model in each worker;
 * ``pipeline (warm)``: the same on an already running cluster (how a nightly job on a
@@ -12,15 +15,18 @@ Both sides do the same work on the same files: decode each photo, make its views
 The ratios are pipeline rate / plain rate (goal: at least 0.9). Peak resident memory
 is printed for this process and for the largest child (a Dask worker).
 
-    python benchmarks/bench_documents.py [--copies 16] [--augment 3] [--batch-size 32]
+    python benchmarks/bench_documents.py [--copies 16] [--augment 3] [--batch-size 16]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +39,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cwox.batching import batched_forward  # noqa: E402
-from cwox.devices import cpu_count  # noqa: E402
+from cwox.devices import DEFAULT_BATCH_SIZE, cpu_count  # noqa: E402
 from cwox.images import collect_inputs, load_image  # noqa: E402
 from cwox.models import load_model  # noqa: E402
 from cwox.topk import TopKRule  # noqa: E402
@@ -84,9 +90,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--copies", type=int, default=16, help="copies of each of the 6 photos")
     ap.add_argument("--augment", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE["cpu"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--plain-only", metavar="FOLDER", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.plain_only:  # child process of the untuned-allocator baseline
+        t, labels = plain_loop(collect_inputs([args.plain_only]), args.augment, args.seed, args.batch_size)
+        print(json.dumps({"seconds": t, "labels": labels.tolist()}))
+        return
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_docs_"))
     try:
@@ -97,6 +108,14 @@ def main() -> None:
               f"{cpu_count()} cores; {platform.processor() or platform.machine()}")
 
         t_plain, plain_labels = plain_loop(paths, args.augment, args.seed, args.batch_size)
+        # the same loop in a process where cwox leaves glibc's allocator at its defaults
+        child = subprocess.run(
+            [sys.executable, __file__, "--plain-only", str(tmp / "photos"), "--augment", str(args.augment),
+             "--seed", str(args.seed), "--batch-size", str(args.batch_size)],
+            env={**os.environ, "CWOX_MALLOC_TUNING": "0"}, capture_output=True, text=True, check=True,
+        )
+        untuned = json.loads(child.stdout.strip().splitlines()[-1])
+        t_untuned = untuned["seconds"]
         common = dict(augment=args.augment, seed=args.seed, batch_size=args.batch_size,
                       progress=False, device="cpu", chunk_size=64)
 
@@ -113,14 +132,19 @@ def main() -> None:
         same = np.array_equal(open_documents(tmp / "cold.zarr").labels(), plain_labels)
         peak_self = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         peak_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        rate = {k: n_docs / t for k, t in (("plain", t_plain), ("cold", t_cold), ("warm", t_warm))}
-        print(f"plain loop        {t_plain:7.2f} s  {rate['plain']:7.1f} docs/s")
+        rate = {k: n_docs / t for k, t in (("plain", t_plain), ("cold", t_cold), ("warm", t_warm),
+                                            ("untuned", t_untuned))}
+        print(f"plain loop, glibc malloc defaults  {t_untuned:7.2f} s  {rate['untuned']:7.1f} docs/s  "
+              f"(same labels: {np.array_equal(np.asarray(untuned['labels']), plain_labels)})")
+        print(f"plain loop        {t_plain:7.2f} s  {rate['plain']:7.1f} docs/s  "
+              f"({rate['plain'] / rate['untuned']:.2f}x the untuned loop)")
         print(f"pipeline (cold)   {t_cold:7.2f} s  {rate['cold']:7.1f} docs/s  ratio {rate['cold'] / rate['plain']:.2f}")
         print(f"pipeline (warm)   {t_warm:7.2f} s  {rate['warm']:7.1f} docs/s  ratio {rate['warm'] / rate['plain']:.2f}")
         print(f"same top-5 labels as the plain loop: {same}; failures: {len(cold.failed_images)}")
         print(f"peak RSS: this process {peak_self:.0f} MiB, largest worker {peak_child:.0f} MiB")
-        print("| documents | plain docs/s | pipeline cold docs/s (ratio) | pipeline warm docs/s (ratio) | peak RSS main / worker |")
-        print(f"| {n_docs} | {rate['plain']:.1f} | {rate['cold']:.1f} ({rate['cold'] / rate['plain']:.2f}) | "
+        print("| documents | plain, malloc defaults, docs/s | plain docs/s | pipeline cold docs/s (ratio) | "
+              "pipeline warm docs/s (ratio) | peak RSS main / worker |")
+        print(f"| {n_docs} | {rate['untuned']:.1f} | {rate['plain']:.1f} | {rate['cold']:.1f} ({rate['cold'] / rate['plain']:.2f}) | "
               f"{rate['warm']:.1f} ({rate['warm'] / rate['plain']:.2f}) | {peak_self:.0f} / {peak_child:.0f} MiB |")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -158,3 +158,15 @@ def test_default_chunk_size_depends_only_on_size():
     assert default_chunk_size(30) == 8
     assert default_chunk_size(1000) == 64
     assert default_chunk_size(10**6) == 256
+
+
+def test_local_cluster_workers_get_the_allocator_settings():
+    """Dask's worker default (MALLOC_TRIM_THRESHOLD_=65536) made torch 35% slower; ours replace it."""
+    import os
+
+    from cwox.devices import ALLOCATOR_ENV
+    from offline.documents import dask_client
+
+    with dask_client(workers=1) as client:
+        seen = list(client.run(lambda: {k: os.environ.get(k) for k in ALLOCATOR_ENV}).values())
+    assert seen == [ALLOCATOR_ENV]

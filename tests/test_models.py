@@ -118,3 +118,18 @@ def test_topk_rules():
         TopKRule(k=0)
     with pytest.raises(ValueError):
         TopKRule(cum=1.5)
+
+
+def test_cpu_allocator_is_tuned_and_can_be_turned_off():
+    """Building a classifier applies cwox.devices' glibc settings unless CWOX_MALLOC_TUNING=0."""
+    import subprocess
+    import sys
+
+    code = ("from cwox.models import load_model; from cwox import devices; "
+            "load_model(device='cpu'); print(devices._tuned, devices.worker_allocator_env() != {})")
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "CWOX_MALLOC_TUNING": "0"})
+    expected_on = "True True" if sys.platform.startswith("linux") else "False True"
+    assert on.stdout.split()[-2:] == expected_on.split()
+    assert off.stdout.split()[-2:] == ["False", "False"]
