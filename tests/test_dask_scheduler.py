@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from cwox.cli import main
+from cwox.devices import ALLOCATOR_ENV
 from store.documents import open_documents
 
 BIN = Path(sys.executable).parent
@@ -39,7 +40,8 @@ def cluster(tmp_path):
     dask = shutil.which("dask", path=str(BIN)) or "dask"
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # started the way the README tells users to start their workers
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **ALLOCATOR_ENV}
     procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
                                "--no-dashboard"], env=env, cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
@@ -75,6 +77,9 @@ def test_documents_through_an_external_scheduler(cluster, photo_dir, tmp_path):
 
     with Client(cluster) as c:
         assert len(c.scheduler_info()["workers"]) == 2
+        # Dask keeps allocator settings already in a worker's environment (README)
+        seen = c.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+        assert set(seen.values()) == {ALLOCATOR_ENV["MALLOC_TRIM_THRESHOLD_"]}
     # same result as a LocalCluster run with the same settings
     local = tmp_path / "local.zarr"
     res = CliRunner().invoke(main, ["documents", str(photo_dir), "--out", str(local), "--workers", "1",
