@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from .inference import logsumexp_rows
+
 __all__ = ["SmallModel", "lcm", "project_patterns", "P_MIN"]
 
 #: Conditional probabilities are kept in [P_MIN, 1 - P_MIN] so logs stay finite.
@@ -33,11 +35,6 @@ _GROUP = [(_STATES[2][:, a][:, None] == np.arange(2)[None, :]).astype(float) for
 def _normalise(v: np.ndarray) -> np.ndarray:
     v = np.clip(v / max(float(v.sum()), 1e-300), P_MIN, 1 - P_MIN)
     return v / v.sum()
-
-
-def _logsumexp(a: np.ndarray) -> np.ndarray:
-    mx = a.max(axis=1)
-    return mx + np.log(np.exp(a - mx[:, None]).sum(axis=1))
 
 
 @dataclass
@@ -88,7 +85,7 @@ class SmallModel:
 
     def log_likelihood(self, P: np.ndarray, counts: np.ndarray) -> float:
         """Weighted log-likelihood of the patterns ``P`` (n, k) with ``counts`` (n,)."""
-        return float(counts @ _logsumexp(self._joint(P)))
+        return float(counts @ logsumexp_rows(self._joint(P)))
 
     def bic(self, P: np.ndarray, counts: np.ndarray) -> float:
         """``BIC = log-likelihood - n_params / 2 * log N`` with ``N = sum(counts)``."""
@@ -97,7 +94,7 @@ class SmallModel:
     def posterior_y1(self, P: np.ndarray) -> np.ndarray:
         """``P(Y1 | x)`` for every pattern, shape (n, 2)."""
         J = self._joint(P)
-        post = np.exp(J - _logsumexp(J)[:, None])
+        post = np.exp(J - logsumexp_rows(J)[:, None])
         st = _STATES[self.n_latent]
         return np.stack([post[:, st[:, 0] == j].sum(axis=1) for j in (0, 1)], axis=1)
 
@@ -112,7 +109,7 @@ class SmallModel:
         if self.trans is None:  # two joint states: a cheaper exact log-sum-exp
             ll = np.logaddexp(J[:, 0], J[:, 1])
         else:
-            ll = _logsumexp(J)
+            ll = logsumexp_rows(J)
         R = np.exp(J - ll[:, None])
         R *= counts[:, None]  # (n, S) expected counts of the joint latent states
         cs = R.sum(axis=0)

@@ -44,8 +44,9 @@ __all__ = [
     "root_of",
 ]
 
-_LEAF_RE = re.compile(r"^c(\d+)$")
-_LATENT_RE = re.compile(r"^Z(\d+)$")
+#: Node names of the tree contract: leaves ``c{label}``, latents ``Z{k}``.
+LEAF_RE = re.compile(r"^c(\d+)$")
+LATENT_RE = re.compile(r"^Z(\d+)$")
 
 
 def leaf_id(label: int) -> str:
@@ -69,7 +70,7 @@ def leaf_nodes(tree: nx.DiGraph) -> list[str]:
 def latent_nodes(tree: nx.DiGraph) -> list[str]:
     """Latent ids (level >= 1) in sorted order of their integer suffix."""
     lat = [n for n, d in tree.nodes(data=True) if d.get("level", 0) >= 1]
-    return sorted(lat, key=lambda n: int(_LATENT_RE.match(n).group(1)) if _LATENT_RE.match(n) else -1)
+    return sorted(lat, key=lambda n: int(LATENT_RE.match(n).group(1)) if LATENT_RE.match(n) else -1)
 
 
 # --------------------------------------------------------------------------- validation
@@ -113,7 +114,7 @@ def validate_tree(tree: nx.DiGraph) -> None:
         if not isinstance(card, int | np.integer) or card < 2:
             raise ValueError(f"node {node!r}: card must be an int >= 2, got {card!r}")
         if level == 0:
-            m = _LEAF_RE.match(str(node))
+            m = LEAF_RE.match(str(node))
             if m is None:
                 raise ValueError(f"leaf {node!r}: leaf ids must be 'c<label>'")
             label = attrs.get("label")
@@ -130,7 +131,7 @@ def validate_tree(tree: nx.DiGraph) -> None:
             if "name" not in attrs:
                 raise ValueError(f"leaf {node!r} lacks attribute 'name'")
             seen_labels.add(int(label))
-        elif _LATENT_RE.match(str(node)) is None:
+        elif LATENT_RE.match(str(node)) is None:
             raise ValueError(f"latent {node!r}: latent ids must be 'Z<int>'")
         _check_cpt(tree, node, root)
     missing = sorted(set(range(n_labels)) - seen_labels)

@@ -237,36 +237,15 @@ def explain_image(
     tree: nx.DiGraph | None = None,
     explainer: str | Explainer = "gradcam",
     mode: str = "cwox2s",
-    *,
-    top_k: int | None = None,
-    cum: float | None = None,
-    max_k: int | None = None,
-    seed: int = 0,
-    batch_size: int | None = None,
-    support: float | None = None,
-    normalization: str | None = None,
-    level: int = 1,
-    role: str = "auto",
-    **explainer_params: Any,
+    **options: Any,
 ) -> Explanation:
-    """Explain one photo's top classes (see :class:`Engine` for the arguments).
+    """Explain one photo's top classes: ``Engine(classifier, tree, explainer, mode, ...).explain(image)``.
 
-    Extra keyword arguments go to the explainer, e.g. ``n_masks=2000`` for RISE.
+    Keyword arguments that :class:`Engine` takes (``top_k``, ``cum``, ``role``...) go to
+    it; any other goes to the explainer, e.g. ``n_masks=2000`` for RISE.
     """
-    engine = Engine(
-        classifier,
-        tree,
-        explainer,
-        mode,
-        top_k=top_k,
-        cum=cum,
-        max_k=max_k,
-        seed=seed,
-        batch_size=batch_size,
-        support=support,
-        normalization=normalization,
-        level=level,
-        role=role,
-        explainer_params=explainer_params or None,
-    )
+    engine_keys = set(inspect.signature(Engine.__init__).parameters) - {"self", "explainer_params"}
+    engine_opts = {k: v for k, v in options.items() if k in engine_keys}
+    explainer_params = {k: v for k, v in options.items() if k not in engine_keys}
+    engine = Engine(classifier, tree, explainer, mode, explainer_params=explainer_params or None, **engine_opts)
     return engine.explain(image)

@@ -44,6 +44,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from hlta.tree import LATENT_RE, LEAF_RE
 from store._atomic import atomic_write_text
 
 __all__ = [
@@ -55,8 +56,6 @@ __all__ = [
     "read_class_names",
 ]
 
-_LEAF_RE = re.compile(r"^c(\d+)$")
-_LATENT_RE = re.compile(r"^Z(\d+)$")
 _TEXT_CLASS_RE = re.compile(r"^c(\d+)-(.*)$")
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
@@ -246,7 +245,7 @@ def _bif_node_ids(graph: nx.DiGraph, props: dict, class_names: Sequence[str] | N
     for var in leaves:
         if "label" in props[var]:
             ids[var] = f"c{int(props[var]['label'])}"
-        elif _LEAF_RE.match(var):
+        elif LEAF_RE.match(var):
             ids[var] = var
         elif var in index:
             ids[var] = f"c{index[var]}"
@@ -258,10 +257,10 @@ def _bif_node_ids(graph: nx.DiGraph, props: dict, class_names: Sequence[str] | N
         free = (i for i in range(len(graph)) if i not in taken)
         ids.update({var: f"c{next(free)}" for var in others})
     latents = [n for n in graph if graph.out_degree(n) > 0]
-    used = {int(m.group(1)) for v in latents if (m := _LATENT_RE.match(v))}
+    used = {int(m.group(1)) for v in latents if (m := LATENT_RE.match(v))}
     fresh = (k for k in range(1, 10 * len(graph) + 2) if k not in used)
     for var in latents:
-        ids[var] = var if _LATENT_RE.match(var) else f"Z{next(fresh)}"
+        ids[var] = var if LATENT_RE.match(var) else f"Z{next(fresh)}"
     if len(set(ids.values())) != len(ids):
         raise TreeFormatError("two BIF variables map to the same node id")
     return ids
@@ -412,14 +411,14 @@ def from_nodes_json(path: str | os.PathLike, class_names: Sequence[str] | None =
         kids = item.get("children") or []
         if not isinstance(data, dict) or not isinstance(kids, list):
             raise TreeFormatError(f"{where} ({node}): 'data' must be an object and 'children' a list")
-        if _LEAF_RE.match(node) or data.get("level") == 0:
-            m = _LEAF_RE.match(node)
+        if LEAF_RE.match(node) or data.get("level") == 0:
+            m = LEAF_RE.match(node)
             lab = int(data["label"]) if "label" in data else (int(m.group(1)) if m else None)
             if lab is None or parent is None:
                 raise TreeFormatError(f"{where}: leaf node {node!r} needs an id 'c<label>' and a parent")
             add_leaf(lab, str(data.get("name") or _text_words(item.get("text", ""), node)[0][1]), parent)
             return node
-        if not _LATENT_RE.match(node):
+        if not LATENT_RE.match(node):
             raise TreeFormatError(f"{where}: node id {node!r} is neither a latent 'Z<k>' nor a leaf 'c<label>'")
         if node in tree:
             raise TreeFormatError(f"{where}: node {node} appears twice")

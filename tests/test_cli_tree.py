@@ -7,15 +7,11 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from tree_factories import random_tree
 
 from cwox.cli import main
 from hlta.tree import clusters
 from store.trees import list_versions, load_tree, published_version, save_tree, tree_info
-
-try:  # the helpers live next to the store tests (tests/ may or may not be a package)
-    from tests.test_store_trees import random_tree
-except ImportError:  # pragma: no cover
-    from test_store_trees import random_tree
 
 
 def run(*args: str):

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from tree_factories import random_tree, sample_documents
 
 from hlta.tree import clusters, log_likelihood, validate_tree
 from store.formats import (
@@ -18,11 +19,6 @@ from store.formats import (
     to_nodes_json,
 )
 from store.trees import load_tree, save_tree
-
-try:  # the helpers live next to the store tests (tests/ may or may not be a package)
-    from tests.test_store_trees import random_tree, sample_documents
-except ImportError:  # pragma: no cover
-    from test_store_trees import random_tree, sample_documents
 
 
 def same_clusters(a, b, levels=(1, 2, 3)):
