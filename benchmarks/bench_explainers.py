@@ -1,27 +1,36 @@
-"""Every registered base explainer: a whole-output CWOX-2s explanation against ONE single-class map.
+"""Every registered explainer: a whole-output CWOX-2s explanation against ONE map, per role.
 
 For each explainer (``gradcam``, ``rise``, ``cce``, ``suny``, ``fgvce``: those
-registered when it runs), on the default model and skimage's chelsea:
+registered when it runs), on the default model and skimage's chelsea, with a
+hand-made tree that puts the cats (tabby, tiger cat, Egyptian cat, lynx) in one
+level-1 cluster, one row per role the explainer has:
 
-* single map: a fresh explainer's ``explain(x, [top-1 class], stage="cluster")``;
-* whole output: a fresh :class:`online.engine.Engine` in ``cwox2s`` mode with the
-  top 5 (every cluster, complement, class and in-cluster rest, plus the native
-  contrast maps of explainers with a contrast role), on a hand-made tree that
-  puts the cats (tabby, tiger cat, Egyptian cat, lynx) in one level-1 cluster.
+* base role: a fresh :class:`online.engine.Engine` in ``cwox2s`` mode with
+  ``role="base"`` (every cluster, complement, class and in-cluster rest, composed
+  by Eq. 1-2) against a fresh explainer's ONE single-class base map,
+  ``explain(x, [top-1 class], stage="cluster")``;
+* contrast role (CCE, SUNY, FG-VCE): the engine with ``role="contrast"`` (every
+  "P rather than Q" pair of CWOX-2s as a native contrast map, plus the few base
+  maps Eq. 1-2 still read) against ONE native contrast map, ``contrast(x, [the
+  plan's first pair])`` at that pair's stage (one "why P rather than Q" question).
 
-Goals (the mission's "a whole-output explanation for little more than one map"):
-at most 1.5x for SUNY and FG-VCE, whose interventions / partitions see every
-class in each forward pass. Each explainer runs in its own child process, so
-the peak memory (``resource.getrusage`` max RSS; on CUDA also the allocator's
-peak) is its own. Fresh explainers for every timed call: no cache carries over.
+FG-VCE's contrast role needs a reference bank: unless ``-p fgvce.reference_bank=PATH``
+is given, one is built (untimed) from crops of skimage's chelsea and coffee, as
+the tests do; a contrast whose foil has no image in the bank uses every candidate.
+
+Goals (issue 5): at most 1.5x for SUNY and FG-VCE. Each (explainer, role) runs
+in its own child process, so the peak memory (``resource.getrusage`` max RSS; on
+CUDA also the allocator's peak) is its own. Fresh explainers for every timed
+call: no cache carries over.
 
 Run::
 
     python benchmarks/bench_explainers.py                      # paper defaults (slow on a CPU)
     python benchmarks/bench_explainers.py --small              # reduced settings, minutes on a CPU
     python benchmarks/bench_explainers.py -e suny -p suny.n_causes=5 -p suny.layer=_blocks.14
+    python benchmarks/bench_explainers.py -e fgvce --role contrast
 
-Prints one block per explainer and a markdown table for benchmarks/RESULTS.md.
+Prints one block per (explainer, role) and a markdown table for benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -50,6 +59,11 @@ SMALL: dict[str, dict[str, Any]] = {
     "suny": {"layer": "_blocks.14", "n_causes": 5, "n_samples": 3},
     "fgvce": {"max_steps": 10},
 }
+
+#: Explainers whose stage two draws its maps from another layer, at another cost (FG-VCE's
+#: partitions of the 14x14 ``class_layer`` run many more, dearer passes than the 7x7 ones):
+#: the base role also times one map at the class stage, the dearer of the two stages' maps.
+CLASS_STAGE_TOO = ("gradcam", "fgvce")
 
 #: Goals on the whole/single ratio, where the brief states one.
 GOALS = {"suny": 1.5, "fgvce": 1.5}
@@ -97,49 +111,108 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def run_one(name: str, params: dict[str, Any], device: str, batch_size: int | None, repeats: int) -> dict[str, Any]:
-    """Time one explainer (called in a child process); returns the figures as a dict."""
+def _bench_bank(clf):
+    """A small FG-VCE reference bank from real photos (crops of chelsea and coffee), as in the tests."""
+    from skimage import data
+
+    from offline.reference_bank import bank_from_tensors
+
+    views = []
+    for arr in (data.chelsea(), data.coffee()):
+        im = Image.fromarray(arr)
+        w, h = im.size
+        views.append(clf.preprocess(im))
+        for box in [(0, 0, w * 2 // 3, h * 2 // 3), (w // 3, h // 3, w, h), (w // 6, 0, w * 5 // 6, h * 2 // 3)]:
+            views.append(clf.preprocess(im.crop(box)))
+    return bank_from_tensors(clf, torch.stack(views), top_m=5, min_confidence=0.3, per_class=20)
+
+
+def has_contrast(name: str) -> bool:
+    """Whether the explainer has a native contrast role (FG-VCE: given a reference bank)."""
+    from online.explainers import explainer_class
+
+    return bool(explainer_class(name).supports_contrast)
+
+
+def run_one(
+    name: str, role: str, params: dict[str, Any], device: str, batch_size: int | None, repeats: int
+) -> dict[str, Any]:
+    """Time one explainer in one role (called in a child process); returns the figures as a dict."""
     from skimage import data
 
     from cwox.models import load_model
     from online.engine import Engine
     from online.explainers import get_explainer
+    from online.targets import cut_clusters, plan_targets, top_k
 
     clf = load_model(device=device)
     dev = clf.device
     photo = Image.fromarray(data.chelsea())
     x = clf.preprocess(photo).to(dev)
-    top = int(clf.probabilities(x[None])[0].argmax())
+    probs = clf.probabilities(x[None])[0]
+    top = int(probs.argmax())
     tree = cats_tree(clf.class_names)
+    shown = dict(params)
+    if name == "fgvce" and role == "contrast" and "reference_bank" not in params:
+        bank = _bench_bank(clf)
+        params = {**params, "reference_bank": bank}
+        shown["reference_bank"] = f"bench bank ({len(bank)} candidates, classes {sorted(bank.per_class_counts())})"
     if batch_size is not None:
         params = {**params, "batch_size": batch_size}
+    classes, _ = top_k(probs, 5)
+    plan = plan_targets(classes, cut_clusters(tree, classes), "cwox2s")
+    pairs = plan.contrast_pairs()
+    if role == "contrast":
+        stage = "cluster" if "cluster" in pairs else "class"
+        pair = pairs[stage][0]
+        single_what = f"contrast({_fmt(pair[0])} rather than {_fmt(pair[1])}, stage={stage})"
+
+        def single(ex):
+            return ex.contrast(x, [pair], stage=stage)
+    else:
+        single_what = f"explain([{top}], stage=cluster)"
+
+        def single(ex):
+            return ex.explain(x, [top], stage="cluster")
     if name == "gradcam":  # warm-up: the first backward allocates and sets up vmap
         get_explainer(name, clf, **params).explain(x, [top])
     best = {"single": (float("inf"), float("inf")), "whole": (float("inf"), float("inf"))}
     exp = None
     for _ in range(repeats):
         single_ex = get_explainer(name, clf, **params)
-        wall, cpu, _maps = _timed(lambda ex=single_ex: ex.explain(x, [top], stage="cluster"), dev)
+        wall, cpu, _maps = _timed(lambda ex=single_ex: single(ex), dev)
         best["single"] = (min(best["single"][0], wall), min(best["single"][1], cpu))
-        engine = Engine(clf, tree, get_explainer(name, clf, **params), "cwox2s", top_k=5)
+        engine = Engine(clf, tree, get_explainer(name, clf, **params), "cwox2s", top_k=5, role=role)
         wall, cpu, exp = _timed(lambda eng=engine: eng.explain(photo), dev)
         best["whole"] = (min(best["whole"][0], wall), min(best["whole"][1], cpu))
     assert exp is not None
+    class_stage = None
+    if role == "base" and name in CLASS_STAGE_TOO:
+        best_class = (float("inf"), float("inf"))
+        for _ in range(repeats):
+            ex = get_explainer(name, clf, **params)
+            wall, cpu, _maps = _timed(lambda ex=ex: ex.explain(x, [top], stage="class"), dev)
+            best_class = (min(best_class[0], wall), min(best_class[1], cpu))
+        class_stage = {"wall": best_class[0], "cpu": best_class[1], "passes": getattr(ex, "forward_passes", None)}
     passes = getattr(engine.explainer, "forward_passes", None)
     single_passes = getattr(single_ex, "forward_passes", None)
     return {
         "name": name,
-        "params": params,
+        "role": role,
+        "params": shown,
         "device": str(dev),
         "threads": torch.get_num_threads() if dev.type == "cpu" else None,
         "classes": exp.class_names,
         "clusters": exp.clusters,
+        "single_what": single_what,
         "n_targets": exp.settings.get("n_targets", {}),
-        "contrast": bool(engine.explainer.supports_contrast),
+        "n_base_maps": exp.settings.get("n_base_maps", {}),
+        "n_pairs": {s: len(p) for s, p in pairs.items()} if role == "contrast" else {},
         "wall_single": best["single"][0],
         "cpu_single": best["single"][1],
         "wall_whole": best["whole"][0],
         "cpu_whole": best["whole"][1],
+        "class_stage": class_stage,
         "passes_single": single_passes,
         "passes_whole": passes,
         "timings": exp.timings,
@@ -148,30 +221,51 @@ def run_one(name: str, params: dict[str, Any], device: str, batch_size: int | No
     }
 
 
+def _fmt(target) -> str:
+    return str(target) if isinstance(target, int) else "{" + ", ".join(map(str, sorted(target))) + "}"
+
+
 def _report(r: dict[str, Any]) -> str:
-    """Print one explainer's block; return its markdown row."""
-    name = r["name"]
+    """Print one (explainer, role) block; return its markdown row."""
+    name, role = r["name"], r["role"]
     goal = GOALS.get(name)
     wall_ratio = r["wall_whole"] / r["wall_single"]
     cpu_ratio = r["cpu_whole"] / r["cpu_single"]
     n_maps = sum(r["n_targets"].values())
+    n_base = sum(r["n_base_maps"].values())
+    n_pairs = sum(r["n_pairs"].values())
     verdict = "" if goal is None else f"  goal <= {goal}x: {'MET' if min(wall_ratio, cpu_ratio) <= goal else 'MISSED'}"
-    print(f"\n[{name}] {r['params'] or 'defaults'}")
+    print(f"\n[{name}, {role} role] {r['params'] or 'defaults'}")
     print(f"  top-5 {r['classes']}, clusters {r['clusters']}")
-    print(f"  targets {r['n_targets']} ({n_maps} maps){', plus native contrast maps' if r['contrast'] else ''}")
-    print(f"  single-class map:     wall {r['wall_single']:9.3f} s   cpu {r['cpu_single']:9.3f} s")
+    if role == "contrast":
+        print(f"  whole output: {n_pairs} native contrast maps {r['n_pairs']} + {n_base} base maps {r['n_base_maps']}")
+    else:
+        print(f"  whole output: {n_maps} base maps {r['n_targets']}")
+    print(f"  one map: {r['single_what']}")
+    print(f"  one map:              wall {r['wall_single']:9.3f} s   cpu {r['cpu_single']:9.3f} s")
     print(f"  whole-output CWOX-2s: wall {r['wall_whole']:9.3f} s   cpu {r['cpu_whole']:9.3f} s")
-    print(f"  ratio whole/single:   wall {wall_ratio:9.2f} x   cpu {cpu_ratio:9.2f} x{verdict}")
+    print(f"  ratio whole/one:      wall {wall_ratio:9.2f} x   cpu {cpu_ratio:9.2f} x{verdict}")
+    cs = r.get("class_stage")
+    if cs:
+        print(f"  one map, class stage: wall {cs['wall']:9.3f} s   cpu {cs['cpu']:9.3f} s   "
+              f"(whole / this: {r['wall_whole'] / cs['wall']:.2f}x wall, {r['cpu_whole'] / cs['cpu']:.2f}x cpu"
+              + ("" if cs["passes"] is None else f"; {cs['passes']} passes") + ")")
     if r["passes_single"] is not None:
-        print(f"  forward passes:       single {r['passes_single']}, whole {r['passes_whole']}")
+        print(f"  forward passes:       one map {r['passes_single']}, whole {r['passes_whole']}")
     mem = f"{r['rss_mib']:.0f} MiB RSS" + ("" if r["cuda_peak_mib"] is None else f", {r['cuda_peak_mib']:.0f} MiB GPU")
     print(f"  peak memory: {mem}")
-    settings = ", ".join(f"{k}={v}" for k, v in r["params"].items() if k != "batch_size") or "paper defaults"
-    dev = r["device"] + ("" if r["threads"] is None else f" x{r['threads']} threads")
+    settings = ", ".join(
+        f"{k}={v}" for k, v in r["params"].items() if k not in ("batch_size", "reference_bank")
+    ) or "paper defaults"
+    maps = f"{n_pairs} contrast + {n_base} base" if role == "contrast" else f"{n_maps} base"
+    passes = "" if r["passes_single"] is None else f" ({r['passes_single']} / {r['passes_whole']} passes)"
+    if cs:
+        passes += (f"; vs the class-stage map ({cs['wall']:.2f} s, cpu {cs['cpu']:.2f} s): "
+                   f"{r['wall_whole'] / cs['wall']:.2f}x wall, {r['cpu_whole'] / cs['cpu']:.2f}x cpu")
     return (
-        f"| {name} | {settings} | {dev} | {n_maps}{' + contrast' if r['contrast'] else ''} "
-        f"| {r['wall_single']:.2f} s | {r['wall_whole']:.2f} s | {wall_ratio:.2f}x wall, {cpu_ratio:.2f}x cpu"
-        f"{'' if goal is None else f' (goal <= {goal}x)'} | {mem} |"
+        f"| {name} | {role} | {settings} | {maps} "
+        f"| {r['wall_single']:.2f} s (cpu {r['cpu_single']:.2f} s) | {r['wall_whole']:.2f} s (cpu {r['cpu_whole']:.2f} s)"
+        f" | {wall_ratio:.2f}x wall, {cpu_ratio:.2f}x cpu{passes} | {'-' if goal is None else f'<= {goal}x'} | {mem} |"
     )
 
 
@@ -185,12 +279,15 @@ def _report(r: dict[str, Any]) -> str:
               help="Timings are the best of this many runs.")
 @click.option("--timeout", type=click.IntRange(min=1), default=3600, show_default=True,
               help="Seconds allowed per explainer.")
+@click.option("--role", "roles", multiple=True, type=click.Choice(["base", "contrast"]),
+              help="Roles to time (default: base, and contrast where the explainer has one).")
 @click.option("--one", hidden=True, default=None)
+@click.option("--one-role", hidden=True, default="base")
 @click.option("--params-json", hidden=True, default="{}")
-def main(names, small, items, device, batch_size, repeats, timeout, one, params_json):
+def main(names, small, items, device, batch_size, repeats, timeout, roles, one, one_role, params_json):
     """Time a whole-output CWOX-2s explanation against one single-class map, per explainer."""
     if one is not None:  # child process: one explainer, figures as one JSON line
-        print("RESULT " + json.dumps(run_one(one, json.loads(params_json), device, batch_size, repeats)))
+        print("RESULT " + json.dumps(run_one(one, one_role, json.loads(params_json), device, batch_size, repeats)))
         return
     from online.explainers import available_explainers
 
@@ -204,22 +301,28 @@ def main(names, small, items, device, batch_size, repeats, timeout, one, params_
     rows = []
     for name in names:
         params = {**(SMALL.get(name, {}) if small else {}), **extra.get(name, {})}
-        cmd = [sys.executable, __file__, "--one", name, "--params-json", json.dumps(params), "--device", device,
-               "--repeats", str(repeats)] + (["--batch-size", str(batch_size)] if batch_size else [])
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            print(f"\n[{name}] timed out after {timeout} s")
-            rows.append(f"| {name} | {params or 'paper defaults'} | {device} | - | - | - | timed out ({timeout} s) | - |")
-            continue
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            print(f"\n[{name}] failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-            rows.append(f"| {name} | {params or 'paper defaults'} | {device} | - | - | - | failed | - |")
-            continue
-        rows.append(_report(json.loads(line[len("RESULT "):])))
-    print("\n| explainer | settings | device | maps | single map | whole output (CWOX-2s, top 5) | ratio | peak memory |")
-    print("|---|---|---|---|---|---|---|---|")
+        for role in roles or ("base", "contrast"):
+            if role == "contrast" and not has_contrast(name):
+                continue
+            label = f"{name}, {role} role"
+            cmd = [sys.executable, __file__, "--one", name, "--one-role", role, "--params-json", json.dumps(params),
+                   "--device", device, "--repeats", str(repeats)] + (["--batch-size", str(batch_size)] if batch_size else [])
+            shown = ", ".join(f"{k}={v}" for k, v in params.items()) or "paper defaults"
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                print(f"\n[{label}] timed out after {timeout} s")
+                rows.append(f"| {name} | {role} | {shown} | - | - | - | timed out ({timeout} s) | - | - |")
+                continue
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None:
+                print(f"\n[{label}] failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+                rows.append(f"| {name} | {role} | {shown} | - | - | - | failed | - | - |")
+                continue
+            rows.append(_report(json.loads(line[len("RESULT "):])))
+    print("\n| explainer | role | settings | maps (whole output) | one map | whole output (CWOX-2s, top 5) "
+          "| ratio (forward passes one / whole) | goal | peak memory |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(row)
 

@@ -4,7 +4,10 @@ On the default model (EfficientNet-Lite0) and ``skimage.data.chelsea()``, for th
 ``(c, top5 \\ {c})`` of the top-5 classes, with one heatmap per pair: the
 input-gradient map of the pair's log-odds ``z_c - logsumexp(z_C')`` (absolute value summed
 over channels), smoothed by a Gaussian blur (sigma 8 px) so that it is a smooth map like a
-CAM or RISE map. Both paths evaluate exactly the same deletion images and must agree.
+CAM or RISE map. Both paths evaluate the same deletion images and must agree; each runs in
+its own fresh child process (model loaded and warmed up there, untimed), so that the peak
+memory printed is that path's own (peak RSS of the whole child; peak GPU memory of the timed
+part on CUDA).
 
     python benchmarks/bench_metrics.py [--step 16] [--pairs 5] [--batch-size N] [--device auto]
 """
@@ -12,8 +15,12 @@ CAM or RISE map. Both paths evaluate exactly the same deletion images and must a
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,24 +33,6 @@ from cwox.devices import default_batch_size, resolve_device
 from cwox.models import load_model
 from online.metrics import cauc_sample_weights, contrastive_scores
 from online.metrics._batch import n_salient_pixels, pixel_ranks
-
-
-class PeakRSS:
-    """Peak resident memory of this process during a block (Linux ``VmHWM``, reset on entry)."""
-
-    def __enter__(self) -> PeakRSS:
-        self.resettable = True
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            self.resettable = False
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.peak_mib = float("nan")
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                self.peak_mib = int(line.split()[1]) / 1024
 
 
 def gradient_maps(
@@ -68,7 +57,12 @@ def gradient_maps(
 
 @torch.inference_mode()
 def one_at_a_time(model, image, maps, pairs, step, tau):
-    """The same metric, one deletion image per forward pass (the reference loop)."""
+    """The same metric, one deletion image per forward pass (the reference loop).
+
+    For each pair, every image its CAUC (Eq. 4, sampled every ``step`` pixels) and CDROP
+    (Eq. 5) read is scored once, one image per call of the model; the undeleted image is
+    scored once per pair, as a per-heatmap loop does.
+    """
     n = maps.shape[1] * maps.shape[2]
     caucs, cdrops = [], []
     ranks = pixel_ranks(maps)
@@ -87,6 +81,73 @@ def one_at_a_time(model, image, maps, pairs, step, tau):
     return np.asarray(caucs), np.asarray(cdrops)
 
 
+def image_counts(n_delta: list[int], step: int) -> tuple[int, int]:
+    """Images scored by the batched path (distinct ones) and by the loop (per pair)."""
+    loop = [{*cauc_sample_weights(nd, step)[0].tolist(), 0, nd} for nd in n_delta]
+    return 1 + sum(len(s - {0}) for s in loop), sum(len(s) for s in loop)
+
+
+def run_child(which: str, state_path: str) -> None:
+    """Time one path in this fresh process; print its figures as one JSON line."""
+    state = torch.load(state_path, weights_only=False)
+    device = torch.device(state["device"])
+    clf = load_model("efficientnet_lite0").to(device)
+    model = clf.module
+    image, maps, pairs = state["image"].to(device), state["maps"].to(device), state["pairs"]
+    step, tau, batch_size = state["step"], state["tau"], state["batch_size"]
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    # Warm-up (allocator, kernels), not timed: full batches for the batched path, single
+    # images for the loop.
+    with torch.inference_mode():
+        for _ in range(2):
+            model(image[None].expand(batch_size if which == "batched" else 1, -1, -1, -1))
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    if which == "batched":
+        res = contrastive_scores(model, image, maps, pairs, step=step, batch_size=batch_size)
+        caucs, cdrops = res.cauc, res.cdrop
+    else:
+        caucs, cdrops = one_at_a_time(model, image, maps, pairs, step, tau)
+    sync()
+    seconds = time.perf_counter() - t0
+    gpu = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "peak_rss_mib": peak_rss_mib(),
+                "peak_gpu_mib": gpu,
+                "cauc": [float(v) for v in caucs],
+                "cdrop": [float(v) for v in cdrops],
+            }
+        )
+    )
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux ``VmHWM``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child(which: str, state_path: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", which, "--state", state_path],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -99,7 +160,12 @@ def main() -> None:
         "--batch-size", type=int, default=None, help="images per forward pass (device default)"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--child", choices=("batched", "loop"), help=argparse.SUPPRESS)
+    parser.add_argument("--state", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        run_child(args.child, args.state)
+        return
     if not 1 <= args.pairs <= 5:
         parser.error("--pairs must be between 1 and 5")
 
@@ -117,40 +183,35 @@ def main() -> None:
     tau = 0.05 * n
     batch_size = args.batch_size or default_batch_size(device)
     n_delta = n_salient_pixels(maps, 0.5).tolist()
-    images = sum(len(cauc_sample_weights(nd, args.step)[0]) + 1 for nd in n_delta) + 1
+    images_batched, images_loop = image_counts(n_delta, args.step)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    # Warm-up on both paths (allocator, kernels), not timed.
-    contrastive_scores(
-        model, image, maps[:1], pairs[:1], step=max(args.step, 4096), batch_size=batch_size
-    )
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    sync()
-    with PeakRSS() as mem_b:
-        t0 = time.perf_counter()
-        batched = contrastive_scores(
-            model, image, maps, pairs, step=args.step, batch_size=batch_size
+    # Each path runs in its own fresh process, so that its peak memory is its own.
+    with tempfile.TemporaryDirectory() as tmp:
+        state_path = str(Path(tmp) / "state.pt")
+        torch.save(
+            {
+                "device": str(device),
+                "image": image.cpu(),
+                "maps": maps.cpu(),
+                "pairs": pairs,
+                "step": args.step,
+                "tau": tau,
+                "batch_size": batch_size,
+            },
+            state_path,
         )
-        sync()
-        t_batched = time.perf_counter() - t0
-    gpu_b = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    with PeakRSS() as mem_l:
-        t0 = time.perf_counter()
-        loop_cauc, loop_cdrop = one_at_a_time(model, image, maps, pairs, args.step, tau)
-        sync()
-        t_loop = time.perf_counter() - t0
-    gpu_l = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
-
-    diff = max(np.abs(batched.cauc - loop_cauc).max(), np.abs(batched.cdrop - loop_cdrop).max())
+        b = child("batched", state_path)
+        lp = child("loop", state_path)
+    t_batched, t_loop = b["seconds"], lp["seconds"]
+    diff = max(
+        np.abs(np.subtract(b["cauc"], lp["cauc"])).max(),
+        np.abs(np.subtract(b["cdrop"], lp["cdrop"])).max(),
+    )
     names = clf.class_names
+    gpu_name = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     print(
-        f"device: {device} ({platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()})"
+        f"device: {device} ({platform.processor() or platform.machine()}{gpu_name}, "
+        f"torch threads {torch.get_num_threads()})"
     )
     print(f"image: chelsea, top-5: {[names[c] for c in top5]}")
     print(
@@ -158,15 +219,14 @@ def main() -> None:
     )
     for k, (t, _) in enumerate(pairs):
         print(
-            f"  {names[t[0]]:>16}: n_delta = {n_delta[k]:6d}  CAUC = {batched.cauc[k]:.6f}  CDROP = {batched.cdrop[k]:.6f}"
+            f"  {names[t[0]]:>16}: n_delta = {n_delta[k]:6d}  CAUC = {b['cauc'][k]:.6f}  CDROP = {b['cdrop'][k]:.6f}"
         )
-    print(f"deletion images scored: {images} (about; shared ones run once)")
-    print(
-        f"batched: {t_batched:8.2f} s   peak RSS {mem_b.peak_mib:8.1f} MiB   peak GPU {gpu_b:8.1f} MiB"
-    )
-    print(
-        f"loop:    {t_loop:8.2f} s   peak RSS {mem_l.peak_mib:8.1f} MiB   peak GPU {gpu_l:8.1f} MiB"
-    )
+    print(f"deletion images scored: batched {images_batched} (distinct), loop {images_loop}")
+    for name, r in (("batched", b), ("loop", lp)):
+        print(
+            f"{name + ':':8} {r['seconds']:8.2f} s   peak RSS {r['peak_rss_mib']:8.1f} MiB   "
+            f"peak GPU {r['peak_gpu_mib']:8.1f} MiB"
+        )
     print(f"speed-up: {t_loop / t_batched:.2f}x   max |batched - loop| = {diff:.2e}")
     print()
     print(
@@ -174,13 +234,14 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|")
     mem = (
-        f"{gpu_b:.0f} / {gpu_l:.0f} MiB GPU"
+        f"{b['peak_gpu_mib']:.0f} / {lp['peak_gpu_mib']:.0f} MiB GPU"
         if device.type == "cuda"
-        else f"{mem_b.peak_mib:.0f} / {mem_l.peak_mib:.0f} MiB RSS"
+        else f"{b['peak_rss_mib']:.0f} / {lp['peak_rss_mib']:.0f} MiB RSS"
     )
     print(
         f"| CAUC+CDROP, chelsea, top-5 pairs | {device.type} | {len(pairs)} pairs, step {args.step}, "
-        f"batch {batch_size}, {images} images | {t_batched:.2f} | {t_loop:.2f} | {t_loop / t_batched:.2f}x | {mem} |"
+        f"batch {batch_size}, {images_batched} / {images_loop} images | {t_batched:.2f} | {t_loop:.2f} "
+        f"| {t_loop / t_batched:.2f}x | {mem} |"
     )
 
 

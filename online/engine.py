@@ -12,7 +12,11 @@ Algorithm 1 of the CWOX paper, online phase:
    Grad-CAM reuses the top-K forward for both layers and batches its backward
    passes, RISE runs one set of masked passes);
 4. compose the maps with the mode's formula (Eq. 1 and 2 for CWOX-2s,
-   :mod:`online.compose`).
+   :mod:`online.compose`). In the contrast role (CCE, SUNY, FG-VCE) a pair's
+   native "P rather than Q" map replaces ``H_P - H_Q``, so the base maps of
+   the pairs are not drawn at all, only those the formula still reads
+   (:meth:`online.targets.TargetPlan.base_targets`: a class alone in its
+   cluster, a lone cluster); the composed maps are the same.
 
 Everything runs on ``classifier.device``; the result is an
 :class:`online.explanation.Explanation` with per-phase timings.
@@ -196,7 +200,11 @@ class Engine:
             plan = plan_targets(classes, groups, self.mode)
             lap("clusters")
 
-            maps = session.explain_stages(plan.stage_targets)
+            # In the contrast role a pair's native map replaces H_fact - H_foil, so only
+            # the base maps the formula still reads are drawn (plan.base_targets).
+            needed = plan.base_targets(with_contrasts=self.role == "contrast")
+            drawn = session.explain_stages(needed)
+            maps = _full_stacks(plan.stage_targets, needed, drawn, tuple(x.shape[-2:]), dev)
             contrasts = None
             if self.role == "contrast":
                 contrasts = {stage: session.contrast(pairs, stage=stage) for stage, pairs in plan.contrast_pairs().items()}
@@ -211,6 +219,7 @@ class Engine:
 
         settings = self.settings()
         settings["n_targets"] = {stage: len(t) for stage, t in plan.stage_targets.items()}
+        settings["n_base_maps"] = {stage: len(t) for stage, t in needed.items()}
         return Explanation(
             image_path=path,
             image=np.asarray(cropped, dtype=np.uint8),
@@ -229,6 +238,26 @@ class Engine:
                 for name, m in (getattr(self.explainer, "last_extra_maps", None) or {}).items()
             },
         )
+
+
+def _full_stacks(
+    stage_targets: dict[str, list], needed: dict[str, list], drawn: dict[str, torch.Tensor],
+    size: tuple[int, int], device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """One map per target of every stage: the drawn ones, zeros for those the formula does not read."""
+    out: dict[str, torch.Tensor] = {}
+    for stage, targets in stage_targets.items():
+        got = drawn.get(stage)
+        want = needed.get(stage, [])
+        if got is not None and list(want) == list(targets):
+            out[stage] = got
+            continue
+        full = torch.zeros(len(targets), *size, device=device)
+        if got is not None and want:
+            row = {t: i for i, t in enumerate(targets)}
+            full[torch.as_tensor([row[t] for t in want], dtype=torch.long, device=device)] = got.to(device).float()
+        out[stage] = full
+    return out
 
 
 def explain_image(

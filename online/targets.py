@@ -222,6 +222,31 @@ class TargetPlan:
             out[self.class_stage] = pairs
         return out
 
+    def base_targets(self, with_contrasts: bool = False) -> dict[str, list[Target]]:
+        """Stage -> the targets whose base maps the mode's formula reads.
+
+        Without native contrast maps: every target of :attr:`stage_targets`. With
+        them (the contrast role), each pair of :meth:`contrast_pairs` has its map
+        in place of ``H_fact - H_foil``, so neither base map of a pair is read
+        (:func:`online.compose.compose`); only facts without a foil remain (the
+        cluster of a one-cluster stage one, a class alone in its cluster).
+        """
+        if not with_contrasts:
+            return {s: list(t) for s, t in self.stage_targets.items()}
+        pairs = self.contrast_pairs()
+        rows: dict[str, list[tuple[int, int | None]]] = {}
+        if self.mode == "cwox2s":
+            rows.setdefault("cluster", []).extend(zip(self.cluster_fact, self.cluster_foil, strict=True))
+        rows.setdefault(self.class_stage, []).extend(zip(self.class_fact, self.class_foil, strict=True))
+        out: dict[str, list[Target]] = {}
+        for stage, targets in self.stage_targets.items():
+            if stage not in pairs:
+                out[stage] = list(targets)
+                continue
+            used = sorted({f for f, g in rows.get(stage, []) if g is None})
+            out[stage] = [targets[i] for i in used]
+        return out
+
 
 def plan_targets(classes: Sequence[int], clusters: Sequence[Sequence[int]], mode: str = "cwox2s") -> TargetPlan:
     """The targets ``mode`` needs for these top classes and clusters.

@@ -214,3 +214,36 @@ def test_engine_real_model_groups_the_cats(default_classifier):
     assert {281, 282, 285} <= set(cat_cluster)
     i = exp.clusters.index(cat_cluster)
     assert exp.cluster_maps[i].max() > 0  # the cats' cluster has evidence over the rest
+
+
+def test_plan_base_targets_in_the_contrast_role():
+    """With native contrasts only the base maps Eq. (1)-(2) still read are drawn."""
+    plan = plan_targets([0, 1, 2, 5], [[0, 1, 2], [5]], "cwox2s")
+    assert plan.base_targets() == plan.stage_targets
+    needed = plan.base_targets(with_contrasts=True)
+    assert needed == {"cluster": [], "class": [5]}  # both clusters have a foil; 5 is alone
+    one = plan_targets([0, 1], [[0, 1]], "cwox2s")  # one cluster: Eq. (1) reads H_C itself
+    assert one.base_targets(with_contrasts=True) == {"cluster": [frozenset({0, 1})], "class": []}
+    sb = plan_targets([0, 1], [[0], [1]], "cwox1sb")  # no native pairs in this mode: everything
+    assert sb.base_targets(with_contrasts=True) == sb.stage_targets
+
+
+def test_engine_contrast_role_skips_unread_base_maps_exactly(small, photo):
+    """Drawing only the read base maps gives the same composed maps as drawing all of them."""
+    from online.explainers.cce import CCE
+
+    tree = make_tree({"Z1": [0, 1, 2, 3], "Z2": [4, 5, 6, 7]}, n_labels=N)
+    params = {"iterations": 2, "n_counterfactuals": 1, "n_noise": 1, "seed": 3}
+    engine = Engine(small, tree, CCE(small, **params), "cwox2s", top_k=5, role="contrast", support=40.0)
+    exp = engine.explain(photo)
+    plan = plan_targets(exp.classes, exp.clusters, "cwox2s")
+    needed = plan.base_targets(with_contrasts=True)
+    assert exp.settings["n_base_maps"] == {s: len(t) for s, t in needed.items()}
+    assert sum(exp.settings["n_base_maps"].values()) < plan.n_targets
+    x = small.preprocess(photo)
+    ref = CCE(small, **params)
+    maps = ref.explain_stages(x, plan.stage_targets)  # every target, as before
+    contrasts = {s: ref.contrast(x, pairs, stage=s) for s, pairs in plan.contrast_pairs().items()}
+    cl, cs = compose(plan, maps, support=40.0, contrasts=contrasts)
+    np.testing.assert_allclose(exp.cluster_maps, cl.numpy(), atol=1e-5)
+    np.testing.assert_allclose(exp.class_maps, cs.numpy(), atol=1e-5)

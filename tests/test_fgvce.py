@@ -263,3 +263,37 @@ def test_build_reference_bank_from_files(clf, photo_dir, tmp_path, chelsea):
     assert ex.settings()["reference_bank"]["candidates"] == len(loaded)
     with pytest.raises(FileExistsError):
         build_reference_bank([photo_dir], out, classifier=clf)
+
+
+def test_shared_passes_answer_exactly_as_separate_loops(clf, chelsea, bank):
+    """Identical questions run once, identical maps (same replacements) share their passes:
+    the maps and reports must be those of one loop per pair, with fewer passes."""
+    lynx = 287
+    # tiger->tabby and tiger->lynx start from the same position with the same pool ("all"):
+    # their first candidate maps are identical; (TABBY, TIGER_CAT) is the first question again.
+    pairs = [(TIGER_CAT, TABBY), (TIGER_CAT, lynx), (TABBY, TIGER_CAT), (TIGER_CAT, EGYPTIAN_CAT)]
+    ex = FGVCE(clf, reference_bank=bank, max_steps=5)
+    together = ex.contrast(chelsea, pairs)
+    shared = ex.forward_passes
+    alone, separate = [], 0
+    for pair in pairs:
+        one = FGVCE(clf, reference_bank=bank, max_steps=5)
+        alone.append(one.contrast(chelsea, [pair])[0])
+        separate += one.forward_passes
+    torch.testing.assert_close(together, torch.stack(alone), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(together[2], -together[0])
+    # One h^(0) partition (50 passes) and one loop of the repeated question saved, and more.
+    assert shared < separate - 3 * 50
+    x = clf.preprocess(Image.fromarray(data.chelsea()))
+    from online.explainers.fgvce import _Question
+
+    probs = clf.probabilities(x[None])[0]
+    qs = [_Question(TIGER_CAT, g, ex._criterion(probs, TIGER_CAT)) for g in (TABBY, lynx)]
+    both = ex._counterfactuals(x, qs)
+    for q, res in zip(qs, both):
+        (single,) = FGVCE(clf, reference_bank=bank, max_steps=5)._counterfactuals(x, [q])
+        assert res["report"].positions == single["report"].positions
+        assert res["report"].candidates == single["report"].candidates
+        for key in ("invariant", "dominant", "foil_saliency"):
+            torch.testing.assert_close(res[key], single[key], atol=1e-6, rtol=1e-5)
+    assert both[0]["report"].positions[0] == both[1]["report"].positions[0]  # the shared first step

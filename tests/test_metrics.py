@@ -301,6 +301,23 @@ def test_forward_passes_come_in_full_batches(hand):
     assert sum(sizes) > 5 and all(b == 5 for b in sizes[:-1]) and 1 <= sizes[-1] <= 5
 
 
+def test_coinciding_heatmaps_share_their_deletion_images(hand):
+    model, image = hand
+    # One map for three pairs: its n_delta = 4 deletion images (d = 0..4, step 1) run once
+    # and every pair's P(target), P(contrast) are read off the same forward pass.
+    pairs = [([0], [1]), ([1], [0]), ([0], [1, 2])]
+    once = contrastive_scores(model, image, A, pairs, step=1, batch_size=100)
+    assert sum(model.batch_sizes) == 5
+    model.batch_sizes.clear()
+    # The same map given three times (and a copy with the same order but other values).
+    maps = torch.stack([A, A.clone(), 2 * A])
+    thrice = contrastive_scores(model, image, maps, pairs, step=1, batch_size=100)
+    assert sum(model.batch_sizes) == 5
+    np.testing.assert_array_equal(once.cauc, thrice.cauc)
+    np.testing.assert_array_equal(once.cdrop, thrice.cdrop)
+    assert once.cauc[0] == pytest.approx((272 / 1089 + 72 / 625 + 20 / 441 + 6 / 361) / 16)
+
+
 def test_batched_deletion_and_insertion_match_reference_loop():
     model = conv_model()
     gen = torch.Generator().manual_seed(2)

@@ -16,8 +16,10 @@ Each explainer has two *stages*: ``"cluster"`` (the coarse setup of CWOX-2s
 stage one, also the standard setup used by SWOX and CWOX-1s) and ``"class"``
 (the finer setup of stage two: a lower Grad-CAM layer, finer RISE masks).
 
-Adding an explainer: subclass :class:`Explainer`, decorate it with
-``@register("name")``, and add ``"name": "module:Class"`` to
+Adding an explainer: subclass :class:`Explainer`, implement
+:meth:`Explainer.explain_stages` (the base :meth:`Explainer.explain` checks its
+arguments and delegates to it; use :meth:`Explainer.checked_requests` for the
+requests), decorate it with ``@register("name")``, and add ``"name": "module:Class"`` to
 :data:`online.explainers.BUILTIN` so :func:`get_explainer` finds it lazily.
 """
 
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -41,7 +42,7 @@ from online.targets import STAGES, Target, as_target
 _REGISTRY: dict[str, type[Explainer]] = {}
 
 
-class Explainer(ABC):
+class Explainer:
     """A saliency method bound to one classifier.
 
     Args:
@@ -76,22 +77,34 @@ class Explainer(ABC):
 
     # ---- the two roles -----------------------------------------------------------
 
-    @abstractmethod
     def explain(
         self, image: torch.Tensor | Image.Image, targets: Sequence[Target | Iterable[int]], *, stage: str = "cluster"
     ) -> torch.Tensor:
-        """Signed saliency maps ``T x H x W`` (float32, on the classifier's device), one per target."""
+        """Signed saliency maps ``T x H x W`` (float32, on the classifier's device), one per target.
+
+        Checks the stage and the targets, then asks :meth:`explain_stages` for that
+        one stage; explainers implement :meth:`explain_stages` (or, for a method
+        with nothing to share between stages, override this method instead).
+        """
+        stage = self.check_stage(stage)
+        checked = self.check_targets(targets, self.classifier.n_classes)
+        return self.explain_stages(image, {stage: checked})[stage]
 
     def explain_stages(
         self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]
     ) -> dict[str, torch.Tensor]:
         """Maps for several stages at once: ``{stage: T_stage x H x W}``.
 
-        The default makes one :meth:`explain` call per stage; explainers that can
-        serve several stages from the same passes override it.
+        Explainers that serve several stages from the same passes override this.
+        The default, for an explainer that overrides only :meth:`explain`, makes
+        one :meth:`explain` call per requested stage.
         """
+        if type(self).explain is Explainer.explain:
+            raise NotImplementedError(
+                f"explainer {type(self).__qualname__} must override explain_stages() or explain()"
+            )
         x = self.prepare(image)
-        return {stage: self.explain(x, targets, stage=stage) for stage, targets in requests.items() if targets}
+        return {stage: self.explain(x, targets, stage=stage) for stage, targets in self.checked_requests(requests).items()}
 
     def session(self, image: torch.Tensor | Image.Image) -> ExplainSession:
         """Start explaining one image: run its clean forward pass once.
@@ -145,6 +158,11 @@ class Explainer(ABC):
             if bad:
                 raise ValueError(f"target {t!r}: class ids {bad} outside 0..{n_classes - 1}")
         return out
+
+    def checked_requests(self, requests: Mapping[str, Sequence[Target | Iterable[int]]]) -> dict[str, list[Target]]:
+        """``{stage: targets}`` with every stage and target checked; stages without targets are left out."""
+        n = self.classifier.n_classes
+        return {self.check_stage(s): self.check_targets(t, n) for s, t in requests.items() if t}
 
     @staticmethod
     def check_stage(stage: str) -> str:

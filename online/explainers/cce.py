@@ -234,19 +234,12 @@ class CCE(Explainer):
 
     # ---- the two roles -----------------------------------------------------------
 
-    def explain(
-        self, image: torch.Tensor | Image.Image, targets: Sequence[Target | Iterable[int]], *, stage: str = "cluster"
-    ) -> torch.Tensor:
-        """``base_map`` of "why t?" (Eq. 1) for each target, ``T x H x W`` in [0, 1]."""
-        return self.explain_stages(image, {self.check_stage(stage): targets})[stage]
-
     def explain_stages(
         self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]
     ) -> dict[str, torch.Tensor]:
         """Maps for several stages; a target asked at both stages shares its counterfactuals."""
         x = self.prepare(image)
-        n = self.classifier.n_classes
-        wanted = {self.check_stage(s): self.check_targets(t, n) for s, t in requests.items() if t}
+        wanted = self.checked_requests(requests)
         if not wanted:
             return {}
         union = list(dict.fromkeys(t for ts in wanted.values() for t in ts))

@@ -28,7 +28,13 @@ maximises ``L_tot = cos(h_{s*}, h_cand) + log p_Q(h with the candidate)``
 (Eq. 5, 6, 8, 9); stop when the prediction becomes ``Q`` or after
 ``max_steps = 100`` steps (failure). All candidates of a step go through the
 network together, in batches, and several (fact, foil) questions run their
-loops side by side in the same batches.
+loops side by side in the same batches. Each question's candidate passes are
+its own (every question has its own current map ``h^(t)``), except where maps
+are provably identical: pairs that ask the same question once oriented run one
+loop, and maps with the same replacements so far (``h0`` with the same
+(position, candidate) set) share their partition pass, and their candidate
+maps with the same position and candidate run once (e.g. two questions of one
+source at the first step); ``h^(0)``'s partition is computed once.
 
 **Invariant and dominant maps (Sec. 3.3, Eq. 10, 11)**::
 
@@ -335,18 +341,12 @@ class FGVCE(Explainer):
 
     # ---- base role: saliency partition --------------------------------------------
 
-    def explain(
-        self, image: torch.Tensor | Image.Image, targets: Sequence[Target | Iterable[int]], *, stage: str = "cluster"
-    ) -> torch.Tensor:
-        """Saliency-partition maps ``T x H x W`` (Eq. 1-4) at ``stage``'s layer, one set of passes for all targets."""
-        return self.explain_stages(image, {self.check_stage(stage): targets})[stage]
-
     def explain_stages(
         self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]
     ) -> dict[str, torch.Tensor]:
         """Maps for several stages; stages on the same layer share one set of partitions."""
         x = self.prepare(image)
-        wanted = {self.check_stage(s): self.check_targets(t, self.classifier.n_classes) for s, t in requests.items() if t}
+        wanted = self.checked_requests(requests)
         by_layer: dict[str, list[str]] = {}
         for stage in wanted:
             by_layer.setdefault(self.layers[stage], []).append(stage)
@@ -409,7 +409,12 @@ class FGVCE(Explainer):
             src, goal = (fact, foil) if forward else (foil, fact)
             questions.append(_Question(src, goal, self._criterion(probs, src)))
             flipped_dir.append(not forward)
-        results = self._counterfactuals(x, questions)
+        # Pairs that ask the same question once oriented ("C_1 rather than C_2" and
+        # "C_2 rather than C_1" both run C_1 -> C_2) share one loop: same maps, signs apart.
+        unique = list(dict.fromkeys((q.source, q.goal, q.criterion) for q in questions))
+        where = {key: i for i, key in enumerate(unique)}
+        answers = self._counterfactuals(x, [_Question(*key) for key in unique])
+        results = [answers[where[(q.source, q.goal, q.criterion)]] for q in questions]
         maps = []
         for res, backwards in zip(results, flipped_dir):
             m = res["invariant"] - res["dominant"]
@@ -532,6 +537,9 @@ class FGVCE(Explainer):
         ]
 
         h = h0.unsqueeze(0).repeat(b, 1, 1, 1)  # B x C x r x c, h^(t) of each question
+        # h^(t) of question i is h0 with the replacements state[i] ((position, bank row),
+        # sorted; a position is never replaced twice): equal states mean equal maps.
+        state: list[tuple[tuple[int, int], ...]] = [() for _ in range(b)]
         replaced = torch.zeros(b, n_pos, dtype=torch.bool, device=self.device)
         done = self._reached(p0.expand(b, -1), src_m, goal_m, pair_rule)
         for i in done.nonzero().flatten().tolist():
@@ -542,9 +550,11 @@ class FGVCE(Explainer):
             if active.numel() == 0:
                 break
             if _step > 0:  # s^(t) for P on the current maps of the open questions
-                ph, pt = partition_probabilities(rest, h[active], kernels, self.batch_size)
+                # Questions whose maps are identical (same replacements) share one partition pass.
+                reps, group = self._same_maps(active, state)
+                ph, pt = partition_probabilities(rest, h[reps], kernels, self.batch_size)
                 s_t = torch.zeros_like(s0_src)
-                s_t[active] = torch.einsum("akn,an->ak", ph.unsqueeze(1) - pt, src_m[active]).view(-1, *grid)
+                s_t[active] = torch.einsum("akn,an->ak", (ph.unsqueeze(1) - pt)[group], src_m[active]).view(-1, *grid)
             scores = s_t.reshape(b, n_pos).masked_fill(replaced, float("-inf"))
             no_pos = torch.isinf(scores).all(dim=1) & ~done
             for i in no_pos.nonzero().flatten().tolist():
@@ -566,17 +576,29 @@ class FGVCE(Explainer):
             p_src = torch.zeros(b, width, device=self.device)
             p_goal = torch.zeros(b, width, device=self.device)
             sim = (F.normalize(target_feat, dim=1)[pq] * cand_unit[pc]).sum(1)  # L_sim (cosine)
-            for sl in batch_slices(pq.numel(), self.batch_size):
-                qi, ci = pq[sl], pc[sl]
+            # A candidate map is h^(t) of its question with one position replaced: questions
+            # with identical maps, the same position and the same candidate row give the
+            # same map, which runs once (e.g. questions of one source at the first step).
+            state_id = torch.as_tensor(self._state_ids(state), device=self.device)
+            map_key = (state_id[pq] * n_pos + target_pos[pq]) * len(cand) + pc
+            uniq, inverse = torch.unique(map_key, return_inverse=True)
+            order = torch.arange(map_key.numel(), device=self.device)
+            first = torch.full((uniq.numel(),), map_key.numel(), dtype=torch.long, device=self.device)
+            first = first.scatter_reduce(0, inverse, order, reduce="amin")
+            uq, uc = pq[first], pc[first]
+            probs_u = []
+            for sl in batch_slices(uq.numel(), self.batch_size):
+                qi, ci = uq[sl], uc[sl]
                 maps = h[qi].clone()
                 rows = torch.arange(qi.numel(), device=self.device)
                 maps[rows, :, ty[qi], tx[qi]] = cand[ci]
-                probs = torch.softmax(rest(maps).float(), -1)
-                ps, pg = (probs * src_m[qi]).sum(1), (probs * goal_m[qi]).sum(1)
-                l_cls = torch.log(pg.clamp_min(1e-30))  # Eq. 6, 7: sum_c y_c log f_c, y = goal
-                total[qi, slot[sl]] = sim[sl] + l_cls  # Eq. 8
-                reached[qi, slot[sl]] = self._reached(probs, src_m[qi], goal_m[qi], pair_rule[qi])
-                p_src[qi, slot[sl]], p_goal[qi, slot[sl]] = ps, pg
+                probs_u.append(torch.softmax(rest(maps).float(), -1))
+            probs = torch.cat(probs_u)[inverse]  # every open (question, candidate) pair
+            ps, pg = (probs * src_m[pq]).sum(1), (probs * goal_m[pq]).sum(1)
+            l_cls = torch.log(pg.clamp_min(1e-30))  # Eq. 6, 7: sum_c y_c log f_c, y = goal
+            total[pq, slot] = sim + l_cls  # Eq. 8
+            reached[pq, slot] = self._reached(probs, src_m[pq], goal_m[pq], pair_rule[pq])
+            p_src[pq, slot], p_goal[pq, slot] = ps, pg
             best = total.argmax(dim=1)  # Eq. 9
             for i in active.tolist():
                 k = int(best[i])
@@ -584,6 +606,7 @@ class FGVCE(Explainer):
                 y, xx = int(ty[i]), int(tx[i])
                 h[i, :, y, xx] = cand[row]
                 replaced[i, y * w + xx] = True
+                state[i] = tuple(sorted((*state[i], (y * w + xx, row))))
                 rep = reports[i]
                 rep.steps += 1
                 rep.positions.append((y, xx))
@@ -597,8 +620,13 @@ class FGVCE(Explainer):
         for rep in reports:
             rep.stopped = rep.stopped or "step limit"
 
-        # Eq. 10, 11 on the final maps h*.
-        p_star, pt_star = partition_probabilities(rest, h, kernels, self.batch_size)
+        # Eq. 10, 11 on the final maps h*: one partition per distinct map, h0's already known.
+        changed = torch.as_tensor([i for i in range(b) if state[i]], dtype=torch.long, device=self.device)
+        p_star, pt_star = p0.expand(b, -1).clone(), pt0.expand(b, -1, -1).clone()
+        if changed.numel():
+            reps, group = self._same_maps(changed, state)
+            ph, pt = partition_probabilities(rest, h[reps], kernels, self.batch_size)
+            p_star[changed], pt_star[changed] = ph[group], pt[group]
         s_star_goal = torch.einsum("bkn,bn->bk", p_star.unsqueeze(1) - pt_star, goal_m).view(b, *grid)
         top1_after = p_star.argmax(dim=1).tolist()
         dec = torch.relu(h0.unsqueeze(0) - h).sum(1)  # B x r x c
@@ -621,6 +649,23 @@ class FGVCE(Explainer):
                 }
             )
         return out
+
+    @staticmethod
+    def _state_ids(state: Sequence[tuple[tuple[int, int], ...]]) -> list[int]:
+        """One id per distinct replacement state (questions with equal ids have equal maps)."""
+        ids: dict[tuple[tuple[int, int], ...], int] = {}
+        return [ids.setdefault(st, len(ids)) for st in state]
+
+    def _same_maps(
+        self, rows: torch.Tensor, state: Sequence[tuple[tuple[int, int], ...]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For question indices ``rows``: one representative per distinct map, and each row's group in them."""
+        ids = self._state_ids([state[i] for i in rows.tolist()])
+        first: dict[int, int] = {}
+        for k, g in enumerate(ids):
+            first.setdefault(g, k)
+        reps = rows[torch.as_tensor(list(first.values()), dtype=torch.long, device=rows.device)]
+        return reps, torch.as_tensor(ids, dtype=torch.long, device=rows.device)
 
     @staticmethod
     def _reached(probs: torch.Tensor, src_m: torch.Tensor, goal_m: torch.Tensor, pair_rule: torch.Tensor) -> torch.Tensor:

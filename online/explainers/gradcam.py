@@ -33,7 +33,7 @@ back to one backward per vector through the same retained graph.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -80,12 +80,6 @@ class GradCAM(Explainer):
 
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "cluster_layer": self.layers["cluster"], "class_layer": self.layers["class"]}
-
-    def explain(
-        self, image: torch.Tensor | Image.Image, targets: Sequence[Target | Iterable[int]], *, stage: str = "cluster"
-    ) -> torch.Tensor:
-        """Signed Grad-CAM maps ``T x H x W`` at ``stage``'s layer, all from one forward."""
-        return self.explain_stages(image, {self.check_stage(stage): targets})[stage]
 
     def explain_stages(
         self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]
@@ -162,7 +156,7 @@ class GradCAMSession(ExplainSession):
         ex = self.gradcam
         if self.logits is None:
             raise RuntimeError("this Grad-CAM session is closed")
-        wanted = {ex.check_stage(s): ex.check_targets(t, ex.classifier.n_classes) for s, t in requests.items() if t}
+        wanted = ex.checked_requests(requests)
         if not wanted:
             return {}
         layers = list(dict.fromkeys(ex.layers[s] for s in wanted))

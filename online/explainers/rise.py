@@ -33,7 +33,7 @@ normalisation mean (grey), as in the reference RISE code.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -158,18 +158,12 @@ class RISE(Explainer):
             "shared_stages": self.shared_stages,
         }
 
-    def explain(
-        self, image: torch.Tensor | Image.Image, targets: Sequence[Target | Iterable[int]], *, stage: str = "cluster"
-    ) -> torch.Tensor:
-        """RISE maps ``T x H x W`` of ``stage``'s mask set, one set of passes for all targets."""
-        return self.explain_stages(image, {self.check_stage(stage): targets})[stage]
-
     def explain_stages(
         self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]
     ) -> dict[str, torch.Tensor]:
         """Maps for several stages; stages with the same mask setup share one set of passes."""
         x = self.prepare(image)
-        wanted = {self.check_stage(s): self.check_targets(t, self.classifier.n_classes) for s, t in requests.items() if t}
+        wanted = self.checked_requests(requests)
         by_setup: dict[MaskSetup, list[str]] = {}
         for stage in wanted:
             by_setup.setdefault(self.setups[stage], []).append(stage)

@@ -376,19 +376,12 @@ class SUNY(Explainer):
 
     # ---- the two roles ---------------------------------------------------------------
 
-    def explain(
-        self, image: torch.Tensor | Image.Image, targets: Sequence[Target | Iterable[int]], *, stage: str = "cluster"
-    ) -> torch.Tensor:
-        """Importance maps ``T x H x W``, ``(N_map + S_map) / 2``, one set of interventions for all."""
-        stage = self.check_stage(stage)
-        return self.explain_stages(image, {stage: self.check_targets(targets, self.classifier.n_classes)})[stage]
-
     def explain_stages(
         self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]
     ) -> dict[str, torch.Tensor]:
         """Importance maps per stage; stages on the same layer share one analysis of all their targets."""
         x = self.prepare(image)
-        wanted = {self.check_stage(s): self.check_targets(t, self.classifier.n_classes) for s, t in requests.items() if t}
+        wanted = self.checked_requests(requests)
         self.last_extra_maps = {}
         by_layer: dict[str, list[str]] = {}
         for stage in wanted:

@@ -244,9 +244,11 @@ def perturbation_set_probs(
     Returns ``J x S`` float64 probabilities (softmax, summed over each set).
 
     Jobs that give the same image are run once: every ``count = 0`` job is ``start`` and every
-    ``count >= H*W`` job is ``end`` whatever its map, and repeated ``(map, count)`` pairs are
-    merged. The distinct images then go through ``model`` in full batches of ``batch_size``;
-    only the ``S`` set probabilities of each image are kept.
+    ``count >= H*W`` job is ``end`` whatever its map, maps with the same pixel order (e.g. the
+    same heatmap given for several pairs, or two modes that produce the same map) are merged,
+    and repeated ``(map, count)`` pairs are merged. The distinct images then go through
+    ``model`` in full batches of ``batch_size``; only the ``S`` set probabilities of each image
+    are kept, so every class set is read off the same forward pass.
     """
     n = ranks.shape[1]
     device = start.device
@@ -254,6 +256,9 @@ def perturbation_set_probs(
     map_index = map_index.to(device=device, dtype=torch.long)
     if counts.numel() == 0:
         return torch.zeros(0, len(sets), dtype=torch.float64, device=device)
+    if ranks.shape[0] > 1:  # identical pixel orders delete the same pixels: one map for them
+        ranks, same_order = torch.unique(ranks, dim=0, return_inverse=True)
+        map_index = same_order[map_index]
     canonical = torch.where((counts == 0) | (counts == n), torch.zeros_like(map_index), map_index)
     keys = canonical * (n + 1) + counts
     unique_keys, inverse = torch.unique(keys, return_inverse=True)
