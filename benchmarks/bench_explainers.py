@@ -37,15 +37,13 @@ from __future__ import annotations
 
 import ast
 import json
-import resource
 import subprocess
 import sys
-import time
 from typing import Any
 
 import click
-import networkx as nx
 import torch
+from _common import cats_tree, peak_rss_mib, timed
 from PIL import Image
 
 #: The five explainers of the mission, in the table's order.
@@ -69,32 +67,6 @@ CLASS_STAGE_TOO = ("gradcam", "fgvce")
 GOALS = {"suny": 1.5, "fgvce": 1.5}
 
 
-def cats_tree(class_names: list[str]) -> nx.DiGraph:
-    """A structure-only tree: the cats under one level-1 latent, every other class alone."""
-    tree = nx.DiGraph(class_names=list(class_names), n_labels=len(class_names), version="bench-cats")
-    tree.add_node("Z0", level=2, card=2, cpt=None)
-    tree.add_node("Z1", level=1, card=2, cpt=None)
-    tree.add_edge("Z0", "Z1")
-    for lab, name in enumerate(class_names):
-        tree.add_node(f"c{lab}", level=0, label=lab, name=name, card=2, cpt=None)
-        tree.add_edge("Z1" if lab in (281, 282, 285, 287) else "Z0", f"c{lab}")
-    return tree
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn, device: torch.device) -> tuple[float, float, Any]:
-    """Wall-clock and process CPU seconds of one call."""
-    _sync(device)
-    w0, c0 = time.perf_counter(), time.process_time()
-    out = fn()
-    _sync(device)
-    return time.perf_counter() - w0, time.process_time() - c0, out
-
-
 def _parse_params(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """``name.key=value`` options -> ``{name: {key: value}}`` (values as Python literals when they parse)."""
     out: dict[str, dict[str, Any]] = {}
@@ -109,22 +81,6 @@ def _parse_params(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
             parsed = value
         out.setdefault(name, {})[key] = parsed
     return out
-
-
-def _bench_bank(clf):
-    """A small FG-VCE reference bank from real photos (crops of chelsea and coffee), as in the tests."""
-    from skimage import data
-
-    from offline.reference_bank import bank_from_tensors
-
-    views = []
-    for arr in (data.chelsea(), data.coffee()):
-        im = Image.fromarray(arr)
-        w, h = im.size
-        views.append(clf.preprocess(im))
-        for box in [(0, 0, w * 2 // 3, h * 2 // 3), (w // 3, h // 3, w, h), (w // 6, 0, w * 5 // 6, h * 2 // 3)]:
-            views.append(clf.preprocess(im.crop(box)))
-    return bank_from_tensors(clf, torch.stack(views), top_m=5, min_confidence=0.3, per_class=20)
 
 
 def has_contrast(name: str) -> bool:
@@ -144,6 +100,7 @@ def run_one(
     from online.engine import Engine
     from online.explainers import get_explainer
     from online.targets import cut_clusters, plan_targets, top_k
+    from pipelines.photos import photo_crop_bank
 
     clf = load_model(device=device)
     dev = clf.device
@@ -154,7 +111,7 @@ def run_one(
     tree = cats_tree(clf.class_names)
     shown = dict(params)
     if name == "fgvce" and role == "contrast" and "reference_bank" not in params:
-        bank = _bench_bank(clf)
+        bank = photo_crop_bank(clf)
         params = {**params, "reference_bank": bank}
         shown["reference_bank"] = f"bench bank ({len(bank)} candidates, classes {sorted(bank.per_class_counts())})"
     if batch_size is not None:
@@ -180,10 +137,10 @@ def run_one(
     exp = None
     for _ in range(repeats):
         single_ex = get_explainer(name, clf, **params)
-        wall, cpu, _maps = _timed(lambda ex=single_ex: single(ex), dev)
+        wall, cpu, _maps = timed(lambda ex=single_ex: single(ex), dev)
         best["single"] = (min(best["single"][0], wall), min(best["single"][1], cpu))
         engine = Engine(clf, tree, get_explainer(name, clf, **params), "cwox2s", top_k=5, role=role)
-        wall, cpu, exp = _timed(lambda eng=engine: eng.explain(photo), dev)
+        wall, cpu, exp = timed(lambda eng=engine: eng.explain(photo), dev)
         best["whole"] = (min(best["whole"][0], wall), min(best["whole"][1], cpu))
     assert exp is not None
     class_stage = None
@@ -191,7 +148,7 @@ def run_one(
         best_class = (float("inf"), float("inf"))
         for _ in range(repeats):
             ex = get_explainer(name, clf, **params)
-            wall, cpu, _maps = _timed(lambda ex=ex: ex.explain(x, [top], stage="class"), dev)
+            wall, cpu, _maps = timed(lambda ex=ex: ex.explain(x, [top], stage="class"), dev)
             best_class = (min(best_class[0], wall), min(best_class[1], cpu))
         class_stage = {"wall": best_class[0], "cpu": best_class[1], "passes": getattr(ex, "forward_passes", None)}
     passes = getattr(engine.explainer, "forward_passes", None)
@@ -216,7 +173,7 @@ def run_one(
         "passes_single": single_passes,
         "passes_whole": passes,
         "timings": exp.timings,
-        "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_mib": peak_rss_mib(),
         "cuda_peak_mib": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
     }
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _common import peak_rss_mib
 from PIL import Image
 
 from cwox.devices import default_batch_size, resolve_device
@@ -128,14 +129,6 @@ def run_child(which: str, state_path: str) -> None:
             }
         )
     )
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (Linux ``VmHWM``)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def child(which: str, state_path: str) -> dict:

@@ -18,55 +18,16 @@ peak memory and a markdown row per explainer for benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-import resource
-import time
 from pathlib import Path
 
 import click
-import networkx as nx
 import torch
+from _common import cats_tree, peak_mib, reset_peak, timed
 from PIL import Image
 
 from cwox.models import load_model
 from online.engine import Engine
 from online.explainers import get_explainer
-
-
-def cats_tree(class_names: list[str]) -> nx.DiGraph:
-    """A structure-only contract tree: the cats under one level-1 latent, the rest alone."""
-    tree = nx.DiGraph(class_names=list(class_names), n_labels=len(class_names), version="bench-cats")
-    tree.add_node("Z0", level=2, card=2, cpt=None)
-    tree.add_node("Z1", level=1, card=2, cpt=None)
-    tree.add_edge("Z0", "Z1")
-    for lab, name in enumerate(class_names):
-        tree.add_node(f"c{lab}", level=0, label=lab, name=name, card=2, cpt=None)
-        tree.add_edge("Z1" if lab in (281, 282, 285, 287) else "Z0", f"c{lab}")
-    return tree
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _peak_mib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _time_once(fn, device: torch.device) -> tuple[float, float, object]:
-    """Wall-clock and process CPU seconds of one call."""
-    _sync(device)
-    w0, c0 = time.perf_counter(), time.process_time()
-    out = fn()
-    _sync(device)
-    return time.perf_counter() - w0, time.process_time() - c0, out
 
 
 def _compare(single, whole, device: torch.device, repeats: int) -> dict[str, object]:
@@ -80,11 +41,11 @@ def _compare(single, whole, device: torch.device, repeats: int) -> dict[str, obj
            "cpu_single": float("inf"), "cpu_whole": float("inf"), "mem": 0.0, "result": None}
     for _ in range(repeats):
         for key, fn in (("single", single), ("whole", whole)):
-            _reset_peak(device)
-            wall, cpu, out = _time_once(fn, device)
+            reset_peak(device)
+            wall, cpu, out = timed(fn, device)
             res[f"wall_{key}"] = min(res[f"wall_{key}"], wall)
             res[f"cpu_{key}"] = min(res[f"cpu_{key}"], cpu)
-            res["mem"] = max(res["mem"], _peak_mib(device))
+            res["mem"] = max(res["mem"], peak_mib(device))
             if key == "whole":
                 res["result"] = out
     return res

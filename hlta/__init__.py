@@ -13,6 +13,7 @@ from .tree import (
     log_likelihood,
     n_params,
     to_pgmpy,
+    tree_from_groups,
     validate_tree,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "log_likelihood",
     "n_params",
     "to_pgmpy",
+    "tree_from_groups",
     "validate_tree",
 ]

@@ -23,6 +23,7 @@ maximises; CWOX Section 3).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 
 import networkx as nx
 import numpy as np
@@ -42,6 +43,7 @@ __all__ = [
     "latent_nodes",
     "leaf_nodes",
     "root_of",
+    "tree_from_groups",
 ]
 
 #: Node names of the tree contract: leaves ``c{label}``, latents ``Z{k}``.
@@ -71,6 +73,35 @@ def latent_nodes(tree: nx.DiGraph) -> list[str]:
     """Latent ids (level >= 1) in sorted order of their integer suffix."""
     lat = [n for n, d in tree.nodes(data=True) if d.get("level", 0) >= 1]
     return sorted(lat, key=lambda n: int(LATENT_RE.match(n).group(1)) if LATENT_RE.match(n) else -1)
+
+
+def tree_from_groups(groups: Sequence[Iterable[int]], class_names: Sequence[str]) -> nx.DiGraph:
+    """A structure-only tree of the contract (``cpt=None``) from confusion clusters known by hand.
+
+    One level-1 latent ``Z{k}`` over the labels of ``groups[k-1]``, under a level-2
+    root ``Z0`` that also holds every label in no group; :func:`clusters` then gives
+    back ``groups`` (and every other label alone). For trying the online stage on
+    clusters one already knows (tests, benchmarks, a hand-curated taxonomy);
+    likelihoods need a fitted tree.
+    """
+    n = len(class_names)
+    tree = nx.DiGraph(class_names=list(class_names), n_labels=n)
+    tree.add_node("Z0", level=2, card=2, cpt=None)
+    parent: dict[int, str] = {}
+    for k, labels in enumerate(groups, start=1):
+        z = f"Z{k}"
+        tree.add_node(z, level=1, card=2, cpt=None)
+        tree.add_edge("Z0", z)
+        for lab in map(int, labels):
+            if not 0 <= lab < n:
+                raise ValueError(f"group {k}: label {lab} outside 0..{n - 1}")
+            if lab in parent:
+                raise ValueError(f"label {lab} is in group {parent[lab][1:]} and in group {k}")
+            parent[lab] = z
+    for lab, name in enumerate(class_names):
+        tree.add_node(leaf_id(lab), level=0, label=lab, name=name, card=2, cpt=None)
+        tree.add_edge(parent.get(lab, "Z0"), leaf_id(lab))
+    return tree
 
 
 # --------------------------------------------------------------------------- validation

@@ -78,3 +78,26 @@ def bundled_photos(folder: str | Path) -> list[Path]:
         paths.append(p)
     return paths + package_photo_files()
 
+
+
+def fixed_views(image: Image.Image) -> list[Image.Image]:
+    """The photo and three fixed crops of it (two thirds top-left, bottom-right, top-centre)."""
+    w, h = image.size
+    boxes = [(0, 0, w * 2 // 3, h * 2 // 3), (w // 3, h // 3, w, h), (w // 6, 0, w * 5 // 6, h * 2 // 3)]
+    return [image, *(image.crop(b) for b in boxes)]
+
+
+def photo_crop_bank(classifier, names: tuple[str, ...] = ("chelsea", "coffee")):
+    """A small FG-VCE reference bank from scikit-image photos and their :func:`fixed_views`.
+
+    Built in memory in seconds (chelsea is an Egyptian/tiger cat, coffee an espresso),
+    for tests, benchmarks and trying FG-VCE's contrast role without a bank built by
+    ``cwox documents --reference-bank``; far too small for real use.
+    """
+    import torch
+    from skimage import data
+
+    from offline.reference_bank import bank_from_tensors
+
+    views = [classifier.preprocess(v) for n in names for v in fixed_views(Image.fromarray(getattr(data, n)()))]
+    return bank_from_tensors(classifier, torch.stack(views), top_m=5, min_confidence=0.3, per_class=20)

@@ -9,13 +9,13 @@ from __future__ import annotations
 import copy
 import inspect
 
-import networkx as nx
 import pytest
 import torch
 from PIL import Image
 from skimage import data
 
 from cwox.models import from_module
+from hlta.tree import tree_from_groups
 from online.explainers import available_explainers, count_hooks, get_explainer
 from online.explainers.cce import CCE
 
@@ -193,18 +193,6 @@ def test_bad_arguments_get_clear_errors(cce, clf, cat):
     assert count_hooks(clf.module) == 0
 
 
-def _cat_tree(names: list[str]) -> nx.DiGraph:
-    """A structure-only latent tree: the three cats under one level-1 latent, the rest under the root."""
-    tree = nx.DiGraph(class_names=names, n_labels=len(names))
-    tree.add_node("Z0", level=2, card=2, cpt=None)
-    tree.add_node("Z1", level=1, card=2, cpt=None)
-    tree.add_edge("Z0", "Z1")
-    for lab in range(len(names)):
-        tree.add_node(f"c{lab}", level=0, label=lab, name=names[lab], card=2, cpt=None)
-        tree.add_edge("Z1" if lab in (TABBY, TIGER_CAT, EGYPTIAN_CAT) else "Z0", f"c{lab}")
-    return tree
-
-
 def test_through_the_engine_in_cwox2s(clf):
     engine = pytest.importorskip("online.engine")
     tiny = {"iterations": 2, "n_counterfactuals": 2, "n_noise": 2}
@@ -212,7 +200,7 @@ def test_through_the_engine_in_cwox2s(clf):
     kwargs = {}
     if "role" in inspect.signature(engine.Engine).parameters:
         kwargs["role"] = "contrast"
-    exp = engine.explain_image(clf, photo, _cat_tree(clf.class_names), "cce", "cwox2s", top_k=4, **kwargs, **tiny)
+    exp = engine.explain_image(clf, photo, tree_from_groups([[TABBY, TIGER_CAT, EGYPTIAN_CAT]], clf.class_names), "cce", "cwox2s", top_k=4, **kwargs, **tiny)
     assert exp.explainer == "cce"
     assert set(exp.classes[:3]) == {TABBY, TIGER_CAT, EGYPTIAN_CAT}
     assert exp.class_maps.shape == (4, 224, 224) and exp.cluster_maps.shape[1:] == (224, 224)

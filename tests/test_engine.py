@@ -10,6 +10,7 @@ from PIL import Image
 from torch import nn
 
 from cwox.models import from_module
+from hlta.tree import leaf_id, tree_from_groups
 from online.compose import compose, normalize_maps
 from online.engine import Engine, explain_image
 from online.explainers import get_explainer
@@ -27,24 +28,11 @@ N = 8
 
 
 def make_tree(groups: dict[str, list[int]], n_labels: int, names=None, missing=()) -> nx.DiGraph:
-    """A structure-only tree of the contract: level-1 latents over ``groups``, a level-2 root.
-
-    Labels in no group hang under the root; labels in ``missing`` get no leaf at all.
-    """
+    """:func:`hlta.tree.tree_from_groups` (``Z1``, ``Z2``... in order), minus the leaves in ``missing``."""
+    assert list(groups) == [f"Z{k}" for k in range(1, len(groups) + 1)]
     names = list(names) if names is not None else [f"class{i}" for i in range(n_labels)]
-    tree = nx.DiGraph(class_names=names, n_labels=n_labels)
-    tree.add_node("Z0", level=2, card=2, cpt=None)
-    parent = {}
-    for k, (z, labels) in enumerate(groups.items(), start=1):
-        tree.add_node(z, level=1, card=2, cpt=None)
-        tree.add_edge("Z0", z)
-        parent.update({lab: z for lab in labels})
-        assert z == f"Z{k}"
-    for lab in range(n_labels):
-        if lab in missing:
-            continue
-        tree.add_node(f"c{lab}", level=0, label=lab, name=names[lab], card=2, cpt=None)
-        tree.add_edge(parent.get(lab, "Z0"), f"c{lab}")
+    tree = tree_from_groups(list(groups.values()), names)
+    tree.remove_nodes_from(leaf_id(lab) for lab in missing)
     return tree
 
 

@@ -11,31 +11,17 @@ import csv
 import math
 from collections import defaultdict
 
-import networkx as nx
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from tree_factories import cat_tree, photo_folder
 
 from cwox.cli import main
 
 STEP = 1024  # CAUC samples the curve every STEP pixels (exact: 1); small runs only
 MODES = ("swox", "cwox1sa", "cwox1sb", "cwox2s")
-
-
-def cat_tree(class_names: list[str]) -> nx.DiGraph:
-    """Level-1 latents over the cats (tabby, tiger cat, Egyptian cat, lynx) and coffee cups."""
-    tree = nx.DiGraph(class_names=list(class_names), n_labels=len(class_names))
-    tree.add_node("Z0", level=2, card=2, cpt=None)
-    groups = {"Z1": {281, 282, 285, 287}, "Z2": {967, 968, 504}}
-    for z in groups:
-        tree.add_node(z, level=1, card=2, cpt=None)
-        tree.add_edge("Z0", z)
-    for lab, name in enumerate(class_names):
-        tree.add_node(f"c{lab}", level=0, label=lab, name=name, card=2, cpt=None)
-        tree.add_edge(next((z for z, g in groups.items() if lab in g), "Z0"), f"c{lab}")
-    return tree
 
 
 def expected_pairs(classifier, tree, path) -> set[tuple[int, str]]:
@@ -55,16 +41,10 @@ def expected_pairs(classifier, tree, path) -> set[tuple[int, str]]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, default_classifier):
-    from skimage import data
-
     from store.trees import save_tree
 
     root = tmp_path_factory.mktemp("evaluate")
-    photos = root / "photos"
-    photos.mkdir()
-    Image.fromarray(data.chelsea()).save(photos / "chelsea.jpg")
-    Image.fromarray(data.coffee()).save(photos / "coffee.png")
-    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    photos = photo_folder(root / "photos")
     tree = cat_tree(default_classifier.class_names)
     store = root / "trees"
     save_tree(tree, store, meta={"model": "efficientnet_lite0"}, publish=True)

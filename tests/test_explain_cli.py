@@ -4,42 +4,20 @@ from __future__ import annotations
 
 import json
 
-import networkx as nx
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
+from tree_factories import cat_tree, photo_folder
 
 from cwox.cli import main
 
 
-def cat_tree(class_names: list[str]) -> nx.DiGraph:
-    """Structure-only contract tree: the cats under Z1, cups under Z2, the rest under the root."""
-    tree = nx.DiGraph(class_names=list(class_names), n_labels=len(class_names))
-    tree.add_node("Z0", level=2, card=2, cpt=None)
-    groups = {"Z1": {281, 282, 285, 287}, "Z2": {967, 968, 504}}  # espresso, cup, coffee mug
-    for z in groups:
-        tree.add_node(z, level=1, card=2, cpt=None)
-        tree.add_edge("Z0", z)
-    for lab, name in enumerate(class_names):
-        tree.add_node(f"c{lab}", level=0, label=lab, name=name, card=2, cpt=None)
-        parent = next((z for z, g in groups.items() if lab in g), "Z0")
-        tree.add_edge(parent, f"c{lab}")
-    return tree
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, default_classifier):
-    from skimage import data
-
     from store.trees import save_tree
 
     root = tmp_path_factory.mktemp("cli")
-    photos = root / "photos"
-    photos.mkdir()
-    Image.fromarray(data.chelsea()).save(photos / "chelsea.jpg")
-    Image.fromarray(data.coffee()).save(photos / "coffee.png")
-    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+    photos = photo_folder(root / "photos")
     tree = cat_tree(default_classifier.class_names)
     good = root / "trees"
     save_tree(tree, good, meta={"model": "efficientnet_lite0"}, publish=True)

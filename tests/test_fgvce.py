@@ -15,6 +15,7 @@ from offline.reference_bank import bank_from_tensors, build_reference_bank
 from online.explainers import get_explainer
 from online.explainers.base import count_hooks
 from online.explainers.fgvce import FGVCE, partition_kernels
+from pipelines.photos import photo_crop_bank
 from store.reference_bank import load_reference_bank, save_reference_bank
 
 TIGER_CAT, TABBY, EGYPTIAN_CAT = 282, 281, 285
@@ -33,14 +34,7 @@ def chelsea(clf) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def bank(clf):
     """A small bank from real photos: crops of chelsea (Egyptian cat) and of coffee (espresso)."""
-    views = []
-    for arr in (data.chelsea(), data.coffee()):
-        im = Image.fromarray(arr)
-        w, h = im.size
-        views.append(clf.preprocess(im))
-        for box in [(0, 0, w * 2 // 3, h * 2 // 3), (w // 3, h // 3, w, h), (w // 6, 0, w * 5 // 6, h * 2 // 3)]:
-            views.append(clf.preprocess(im.crop(box)))
-    return bank_from_tensors(clf, torch.stack(views), top_m=5, min_confidence=0.3, per_class=20)
+    return photo_crop_bank(clf)
 
 
 def _not_constant(m: torch.Tensor) -> bool:

@@ -12,7 +12,17 @@ import scipy.sparse as sp
 from sklearn.exceptions import NotFittedError
 from sklearn.metrics import adjusted_rand_score, mutual_info_score
 
-from hlta import HLTA, bic, cluster_of, clusters, log_likelihood, n_params, to_pgmpy, validate_tree
+from hlta import (
+    HLTA,
+    bic,
+    cluster_of,
+    clusters,
+    log_likelihood,
+    n_params,
+    to_pgmpy,
+    tree_from_groups,
+    validate_tree,
+)
 from hlta.data import as_binary_csr, pairwise_mutual_information, unique_rows
 from hlta.inference import compile_tree, expected_counts
 from hlta.synthetic import planted_structure, sample_documents
@@ -301,6 +311,19 @@ def test_clusters_order_and_levels(hand_tree):
         clusters(hand_tree, labels=[1, 1])
     with pytest.raises(ValueError, match="outside"):
         clusters(hand_tree, labels=[9])
+
+
+def test_tree_from_groups_gives_back_its_groups():
+    names = [f"k{i}" for i in range(7)]
+    tree = tree_from_groups([[4, 1], [0, 5, 2]], names)
+    validate_tree(tree)  # structure-only, so CPTs are not checked
+    assert clusters(tree, labels=range(7)) == [[0, 2, 5], [1, 4], [3], [6]]
+    assert cluster_of(tree, labels=[3, 4]) == {3: "c3", 4: "Z1"}
+    assert tree.nodes["c2"]["name"] == "k2"
+    with pytest.raises(ValueError, match="label 1 is in group 1 and in group 2"):
+        tree_from_groups([[1, 2], [1]], names)
+    with pytest.raises(ValueError, match="outside 0..6"):
+        tree_from_groups([[7]], names)
 
 
 # --------------------------------------------------------------------------- round trips

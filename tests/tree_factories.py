@@ -1,9 +1,14 @@
-"""Small latent trees and documents sampled from them, shared by the tree tests."""
+"""Small latent trees, documents sampled from them and photo folders, shared by the tests."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import networkx as nx
 import numpy as np
+from PIL import Image
+
+from hlta.tree import tree_from_groups
 
 CLASS_NAMES = ["tiger cat", "tabby", "Egyptian_cat", "hen-of-the-woods", "ping-pong ball", "drum",
                "drumstick", "oboe", "bassoon", "flute", "never-seen", "rifle"]
@@ -66,3 +71,24 @@ def sample_documents(tree: nx.DiGraph, n: int, seed: int = 0) -> np.ndarray:
         if node.startswith("c"):
             X[:, tree.nodes[node]["label"]] = states[node]
     return X
+
+
+#: ImageNet ids: tabby, tiger cat, Egyptian cat, lynx; and espresso, cup, coffee mug.
+CATS = (281, 282, 285, 287)
+CUPS = (967, 968, 504)
+
+
+def cat_tree(class_names: list[str]) -> nx.DiGraph:
+    """A structure-only tree over ImageNet: the cats under ``Z1``, the cups under ``Z2``, the rest alone."""
+    return tree_from_groups([CATS, CUPS], class_names)
+
+
+def photo_folder(folder: Path) -> Path:
+    """``folder`` with chelsea.jpg, coffee.png and broken.jpg (a truncated JPEG header)."""
+    from skimage import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(data.chelsea()).save(folder / "chelsea.jpg")
+    Image.fromarray(data.coffee()).save(folder / "coffee.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return folder

@@ -18,6 +18,13 @@ def model_options(f: Callable) -> Callable:
     return f
 
 
+def tree_option(f: Callable) -> Callable:
+    """``--tree``: the latent tree store the clusters are cut from (as ``tree_opt``)."""
+    return click.option("--tree", "tree_opt", default="default", show_default=True,
+                        help="Latent tree store: 'default' (embedded), a path, or 'none' "
+                             "(each class its own cluster).")(f)
+
+
 def topk_options(f: Callable) -> Callable:
     """``--top-k K`` or ``--cum P --max-k K``."""
     f = click.option("--max-k", type=click.IntRange(min=1), default=5, show_default=True,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from cwox.commands.common import CommandError, model_options
+from cwox.commands.common import CommandError, model_options, tree_option
 
 MODES = ("swox", "cwox1sa", "cwox1sb", "cwox2s")
 METRICS = ("cauc", "cdrop", "insertion", "deletion")
@@ -42,8 +42,7 @@ def _check_list(value: str, allowed, option: str) -> list[str]:
 @click.command("evaluate", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("images", nargs=-1, required=True)
 @model_options
-@click.option("--tree", "tree_opt", default="default", show_default=True,
-              help="default (embedded), none, or a tree store path.")
+@tree_option
 @click.option("--explainers", default="gradcam,rise", show_default=True,
               help="Comma-separated base explainers (gradcam, rise, cce, suny, fgvce).")
 @click.option("--modes", default=",".join(MODES), show_default=True, help="Comma-separated modes.")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from cwox.commands.common import CommandError, model_options, topk_options
+from cwox.commands.common import CommandError, model_options, topk_options, tree_option
 
 MODES = ("cwox2s", "cwox1sa", "cwox1sb", "swox")
 DEFAULT_TREE = Path(__file__).resolve().parent.parent / "data" / "default_tree.zarr"
@@ -76,8 +76,7 @@ def _unique_dir(out: Path, stem: str, used: set[str]) -> Path:
 @click.command("explain", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("images", nargs=-1, required=True)
 @model_options
-@click.option("--tree", "tree_opt", default="default", show_default=True,
-              help="Latent tree store: 'default' (embedded), a path, or 'none' (each class its own cluster).")
+@tree_option
 @click.option("--explainer", default="gradcam", show_default=True,
               help="gradcam, rise, cce, suny or fgvce.")
 @click.option("--role", type=click.Choice(("auto", "base", "contrast")), default="auto", show_default=True,
