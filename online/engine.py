@@ -169,6 +169,21 @@ class Engine:
             "explainer": self.explainer.settings(),
         }
 
+    def prepare(self, image: Image.Image | str | os.PathLike) -> tuple[str, Image.Image, torch.Tensor]:
+        """A photo (a PIL image or a path) -> its path (``""`` for an image), centre crop, input.
+
+        The input is the crop as the network's normalised ``3 x S x S`` tensor on the device.
+        """
+        path = ""
+        if isinstance(image, (str, os.PathLike)):
+            path = str(image)
+            image = load_image(Path(path))
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"image must be a PIL image or a path, got {type(image).__name__}")
+        cropped = self.classifier.crop(image.convert("RGB"))
+        x = self.classifier.normalize(self.classifier.to_tensor(cropped)).to(self.classifier.device)
+        return path, cropped, x
+
     def explain(self, image: Image.Image | str | os.PathLike) -> Explanation:
         """The whole-output explanation of one photo (a PIL image or a path)."""
         dev = self.classifier.device
@@ -182,14 +197,7 @@ class Engine:
             timings[name] = now - tick
             tick = now
 
-        path = ""
-        if isinstance(image, (str, os.PathLike)):
-            path = str(image)
-            image = load_image(Path(path))
-        if not isinstance(image, Image.Image):
-            raise TypeError(f"image must be a PIL image or a path, got {type(image).__name__}")
-        cropped = self.classifier.crop(image.convert("RGB"))
-        x = self.classifier.normalize(self.classifier.to_tensor(cropped)).to(dev)
+        path, cropped, x = self.prepare(image)
         lap("preprocess")
 
         with self.explainer.session(x) as session:  # the clean forward, shared with the maps

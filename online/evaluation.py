@@ -218,15 +218,8 @@ def explain_modes(
     (what the metrics perturb) and ``{mode: Explanation}``.
     """
     modes = _check_choice(modes, MODES, "mode")
-    path = ""
-    if isinstance(image, (str, os.PathLike)):
-        path = str(image)
-        image = load_image(Path(path))
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"image must be a PIL image or a path, got {type(image).__name__}")
+    path, cropped, x = engine.prepare(image)
     clf = engine.classifier
-    cropped = clf.crop(image.convert("RGB"))
-    x = clf.normalize(clf.to_tensor(cropped)).to(clf.device)
     explainer = engine.explainer
     with explainer.session(x) as session:
         classes, probs = top_k(session.probabilities, engine.k, cum=engine.cum, max_k=engine.max_k)

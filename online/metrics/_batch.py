@@ -110,6 +110,25 @@ def check_positive_int(value: int, what: str) -> int:
     return int(value)
 
 
+def pair_indices(n_maps: int, n_items: int, items: str) -> tuple[np.ndarray, np.ndarray]:
+    """Pair ``n_maps`` heatmaps with ``n_items`` class sets: index arrays ``(map_of, item_of)``.
+
+    Give as many of each (``K`` of both) or one of either, used for every one of the other;
+    both arrays are ``K = max(n_maps, n_items)`` long. ``items`` names the class sets in the
+    error message (``"pairs"``, ``"targets"``).
+    """
+    k_total = max(n_maps, n_items)
+    if n_items == 0 or n_maps not in (1, k_total) or n_items not in (1, k_total):
+        raise ValueError(
+            f"got {n_maps} heatmaps and {n_items} {items}: give as many of each, or one of either"
+        )
+
+    def index(count: int) -> np.ndarray:
+        return np.arange(k_total) if count > 1 else np.zeros(k_total, dtype=np.int64)
+
+    return index(n_maps), index(n_items)
+
+
 def resolve_batch_size(batch_size: int | None, device: torch.device) -> int:
     """``None`` means the shared default for the device (:func:`cwox.devices.default_batch_size`)."""
     return (

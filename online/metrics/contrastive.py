@@ -48,6 +48,7 @@ from ._batch import (
     check_image,
     check_positive_int,
     n_salient_pixels,
+    pair_indices,
     perturbation_set_probs,
     pixel_ranks,
     resolve_batch_size,
@@ -210,12 +211,8 @@ def contrastive_scores(
     if not wanted or not wanted <= {"cauc", "cdrop"}:
         raise ValueError(f"compute must name 'cauc' and/or 'cdrop', got {compute!r}")
     checked = [_check_pair(*_as_pair(pair)) for pair in pairs]
-    n_maps, n_pairs = maps.shape[0], len(checked)
-    k_total = max(n_maps, n_pairs)
-    if n_pairs == 0 or n_maps not in (1, k_total) or n_pairs not in (1, k_total):
-        raise ValueError(
-            f"got {n_maps} heatmaps and {n_pairs} pairs: give as many of each, or one of either"
-        )
+    map_of, pair_of = pair_indices(maps.shape[0], len(checked), "pairs")
+    k_total = map_of.size
     n = maps.shape[1] * maps.shape[2]
     if tau is None:
         tau = 0.05 * n
@@ -224,8 +221,6 @@ def contrastive_scores(
 
     own = n_salient_pixels(maps, delta).cpu().numpy()
     summed = _resolve_n_summed(n_delta, own, n)
-    map_of = np.arange(k_total) if n_maps > 1 else np.zeros(k_total, dtype=np.int64)
-    pair_of = np.arange(k_total) if n_pairs > 1 else np.zeros(k_total, dtype=np.int64)
 
     # One job list: (map, deletions). CAUC's sampled points, then CDROP's d = 0 and n_delta.
     job_maps, job_counts, cauc_spans, cauc_weights, drop_rows = [], [], [], [], []
@@ -286,6 +281,22 @@ def contrastive_scores(
     )
 
 
+def _one_score(
+    metric: str,
+    model: Model,
+    image: torch.Tensor,
+    heatmap,
+    pair: tuple[ClassSet, ClassSet],
+    **options,
+) -> float:
+    """``metric`` (``"cauc"`` or ``"cdrop"``) of one heatmap and one (target, contrast) pair.
+
+    :func:`contrastive_scores` computing that metric alone; ``options`` are its keywords.
+    """
+    result = contrastive_scores(model, image, heatmap, [pair], compute=(metric,), **options)
+    return float(getattr(result, metric)[0])
+
+
 def cauc(
     model: Model,
     image: torch.Tensor,
@@ -308,19 +319,10 @@ def cauc(
     check_heatmaps(heatmap, image, batched=False)
     if isinstance(n_delta, str):
         raise ValueError(f"n_delta must be None or an integer, got {n_delta!r}")
-    result = contrastive_scores(
-        model,
-        image,
-        heatmap,
-        [(target, contrast)],
-        delta=delta,
-        step=step,
-        n_delta=n_delta,
-        substrate=substrate,
-        batch_size=batch_size,
-        compute=("cauc",),
+    settings = {"delta": delta, "step": step, "substrate": substrate, "batch_size": batch_size}
+    return _one_score(
+        "cauc", model, image, heatmap, (target, contrast), n_delta=n_delta, **settings
     )
-    return float(result.cauc[0])
 
 
 def cdrop(
@@ -344,19 +346,8 @@ def cdrop(
     image = check_image(image)
     check_heatmaps(heatmap, image, batched=False)
     check_positive_int(step, "step")
-    result = contrastive_scores(
-        model,
-        image,
-        heatmap,
-        [(target, contrast)],
-        delta=delta,
-        step=step,
-        tau=tau,
-        substrate=substrate,
-        batch_size=batch_size,
-        compute=("cdrop",),
-    )
-    return float(result.cdrop[0])
+    settings = {"delta": delta, "step": step, "substrate": substrate, "batch_size": batch_size}
+    return _one_score("cdrop", model, image, heatmap, (target, contrast), tau=tau, **settings)
 
 
 def contrastive_curve(

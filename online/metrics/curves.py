@@ -30,6 +30,7 @@ from ._batch import (
     check_class_set,
     check_heatmaps,
     check_image,
+    pair_indices,
     perturbation_set_probs,
     pixel_ranks,
     resolve_batch_size,
@@ -118,11 +119,7 @@ def causal_curves(
         )
     sets = [check_class_set(t, "target") for t in targets]
     n_maps, n_sets = maps.shape[0], len(sets)
-    k_total = max(n_maps, n_sets)
-    if n_sets == 0 or n_maps not in (1, k_total) or n_sets not in (1, k_total):
-        raise ValueError(
-            f"got {n_maps} heatmaps and {n_sets} targets: give as many of each, or one of either"
-        )
+    map_idx, set_idx = pair_indices(n_maps, n_sets, "targets")
     n = maps.shape[1] * maps.shape[2]
     s = step_pixels(step, n)
     changed = np.append(np.arange(0, n, s, dtype=np.int64), n)
@@ -144,8 +141,6 @@ def causal_curves(
         resolve_batch_size(batch_size, device),
     )
     p_sets = probs.cpu().numpy().reshape(n_maps, t_len, n_sets)
-    map_idx = np.arange(k_total) if n_maps > 1 else np.zeros(k_total, dtype=np.int64)
-    set_idx = np.arange(k_total) if n_sets > 1 else np.zeros(k_total, dtype=np.int64)
     probability = p_sets[map_idx, :, set_idx]  # K x T
     fraction = changed / n
     widths = np.diff(fraction)
@@ -153,6 +148,22 @@ def causal_curves(
     return CausalCurves(
         mode=mode, changed=changed, fraction=fraction, probability=probability, auc=auc
     )
+
+
+def _one_auc(
+    model: Model,
+    image: torch.Tensor,
+    heatmap,
+    target: ClassSet,
+    mode: str,
+    step: float | int,
+    substrate: str | torch.Tensor,
+    batch_size: int | None,
+) -> float:
+    """The ``mode`` AUC of one ``H x W`` heatmap: :func:`causal_curves` of a single map."""
+    check_heatmaps(heatmap, check_image(image), batched=False)
+    curves = causal_curves(model, image, heatmap, [target], mode, step, substrate, batch_size)
+    return float(curves.auc[0])
 
 
 def deletion_auc(
@@ -165,12 +176,7 @@ def deletion_auc(
     batch_size: int | None = None,
 ) -> float:
     """Deletion AUC of one ``H x W`` heatmap (lower is better): see :func:`causal_curves`."""
-    check_heatmaps(heatmap, check_image(image), batched=False)
-    return float(
-        causal_curves(model, image, heatmap, [target], "deletion", step, substrate, batch_size).auc[
-            0
-        ]
-    )
+    return _one_auc(model, image, heatmap, target, "deletion", step, substrate, batch_size)
 
 
 def insertion_auc(
@@ -183,9 +189,4 @@ def insertion_auc(
     batch_size: int | None = None,
 ) -> float:
     """Insertion AUC of one ``H x W`` heatmap (higher is better): see :func:`causal_curves`."""
-    check_heatmaps(heatmap, check_image(image), batched=False)
-    return float(
-        causal_curves(
-            model, image, heatmap, [target], "insertion", step, substrate, batch_size
-        ).auc[0]
-    )
+    return _one_auc(model, image, heatmap, target, "insertion", step, substrate, batch_size)
