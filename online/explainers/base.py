@@ -19,7 +19,8 @@ stage one, also the standard setup used by SWOX and CWOX-1s) and ``"class"``
 Adding an explainer: subclass :class:`Explainer`, implement
 :meth:`Explainer.explain_stages` (the base :meth:`Explainer.explain` checks its
 arguments and delegates to it; use :meth:`Explainer.checked_requests` for the
-requests), decorate it with ``@register("name")``, and add ``"name": "module:Class"`` to
+requests), and for a native contrast role :meth:`Explainer.contrast_stage`; decorate it
+with ``@register("name")``, and add ``"name": "module:Class"`` to
 :data:`online.explainers.BUILTIN` so :func:`get_explainer` finds it lazily.
 """
 
@@ -27,10 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -123,8 +125,20 @@ class Explainer:
         *,
         stage: str = "cluster",
     ) -> torch.Tensor:
-        """Native "fact rather than foil" maps ``P x H x W``, one per pair."""
-        raise NotImplementedError(f"explainer {self.name!r} has no native contrast role; use explain() and subtract")
+        """Native "fact rather than foil" maps ``P x H x W``, one per pair.
+
+        Checks the stage, then asks :meth:`contrast_stage`, which explainers with a
+        native contrast role (``supports_contrast``) implement.
+        """
+        if type(self).contrast_stage is Explainer.contrast_stage:
+            raise NotImplementedError(f"explainer {self.name!r} has no native contrast role; use explain() and subtract")
+        return self.contrast_stage(image, pairs, self.check_stage(stage))
+
+    def contrast_stage(
+        self, image: torch.Tensor | Image.Image, pairs: Sequence[tuple[Target, Target]], stage: str
+    ) -> torch.Tensor:
+        """:meth:`contrast` for a checked ``stage``: the maps of an explainer with a native contrast role."""
+        raise NotImplementedError(f"explainer {type(self).__qualname__} must implement contrast_stage()")
 
     def settings(self) -> dict[str, Any]:
         """The parameters that shape this explainer's maps (recorded in the Explanation)."""
@@ -170,6 +184,18 @@ class Explainer:
             raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
         return stage
 
+    # ---- for explainers whose stages read layers of the network ----------------------
+
+    def _use_layers(self, cluster_layer: str, class_layer: str) -> None:
+        """Set ``self.layers`` (``{stage: layer name}``), checking that both layers exist."""
+        self.layers = {"cluster": cluster_layer, "class": class_layer}
+        for name in self.layers.values():
+            self.classifier.layer(name)  # a clear ValueError for a layer that does not exist
+
+    def _layer_settings(self) -> dict[str, str]:
+        """The stages' layers as :meth:`settings` records them."""
+        return {"cluster_layer": self.layers["cluster"], "class_layer": self.layers["class"]}
+
 
 class ExplainSession:
     """One prepared image whose clean forward pass has run.
@@ -205,6 +231,35 @@ class ExplainSession:
         self.close()
 
 
+# --------------------------------------------------------------------------- shared map helpers
+
+
+def stage_groups(
+    wanted: Mapping[str, Sequence[Target]], key: Callable[[str], Hashable] | None = None
+) -> list[tuple[Any, list[Target], dict[str, list[int]]]]:
+    """Group the requested stages that one computation can serve.
+
+    Stages with the same ``key(stage)`` (the same layer, the same masks; with no
+    ``key``, all stages) share one computation over the union of their targets.
+    Per group: the key, that union (in first-asked order) and, per stage, the
+    rows of its targets in the union.
+    """
+    by_key: dict[Hashable, list[str]] = {}
+    for stage in wanted:
+        by_key.setdefault(None if key is None else key(stage), []).append(stage)
+    groups = []
+    for k, stages in by_key.items():
+        union = list(dict.fromkeys(t for s in stages for t in wanted[s]))
+        row = {t: i for i, t in enumerate(union)}
+        groups.append((k, union, {s: [row[t] for t in wanted[s]] for s in stages}))
+    return groups
+
+
+def upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear upsampling of ``n x h x w`` maps to the image size ``(H, W)``: ``n x H x W``."""
+    return F.interpolate(maps.unsqueeze(1), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
 # --------------------------------------------------------------------------- hooks
 
 
@@ -232,6 +287,16 @@ def capture_activations(module: nn.Module, layers: Sequence[str]) -> Iterator[di
         for h in handles:
             h.remove()
         store.clear()
+
+
+def check_activations(acts: Mapping[str, torch.Tensor], layers: Sequence[str], rows: str = "B") -> None:
+    """Check that every layer was called and gave a ``rows x C x h x w`` map."""
+    missing = [name for name in layers if name not in acts]
+    if missing:
+        raise ValueError(f"layers {missing} were not called in the forward pass")
+    for name in layers:
+        if acts[name].dim() != 4:
+            raise ValueError(f"layer {name!r} gives {tuple(acts[name].shape)}, not a {rows} x C x h x w map")
 
 
 def count_hooks(module: nn.Module) -> int:

@@ -72,12 +72,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from cwox.batching import batch_slices
 from cwox.models import Classifier
-from online.explainers.base import Explainer, capture_activations, register
+from online.compose import normalize_maps
+from online.explainers.base import (
+    Explainer,
+    capture_activations,
+    check_activations,
+    register,
+    stage_groups,
+    upsample,
+)
 from online.targets import Target, as_target, members, membership_matrix
 
 #: The maps one question yields; ``base_map`` / ``contrast_map`` pick one of them.
@@ -204,12 +211,7 @@ class CCE(Explainer):
         self.contrast_map = contrast_map
         self.score = score
         self.seed = int(seed)
-        self.layers = {
-            "cluster": cluster_layer or classifier.cluster_layer,
-            "class": class_layer or classifier.class_layer,
-        }
-        for name in self.layers.values():
-            classifier.layer(name)  # a clear ValueError for a layer that does not exist
+        self._use_layers(cluster_layer or classifier.cluster_layer, class_layer or classifier.class_layer)
         self._vmap_ok = True
         self.forward_passes = 0  # images fed through the model so far (forward + backward counted once)
 
@@ -227,8 +229,7 @@ class CCE(Explainer):
             "base_map": self.base_map,
             "contrast_map": self.contrast_map,
             "score": self.score,
-            "cluster_layer": self.layers["cluster"],
-            "class_layer": self.layers["class"],
+            **self._layer_settings(),
             "seed": self.seed,
         }
 
@@ -242,21 +243,15 @@ class CCE(Explainer):
         wanted = self.checked_requests(requests)
         if not wanted:
             return {}
-        union = list(dict.fromkeys(t for ts in wanted.values() for t in ts))
-        row = {t: i for i, t in enumerate(union)}
+        ((_, union, rows),) = stage_groups(wanted)  # counterfactuals do not depend on the stage
         layers = list(dict.fromkeys(self.layers[s] for s in wanted))
         maps = self._answer(x.unsqueeze(0), [Question(t) for t in union], layers)
-        return {s: maps[self.layers[s]][self.base_map][[row[t] for t in ts]] for s, ts in wanted.items()}
+        return {s: maps[self.layers[s]][self.base_map][r] for s, r in rows.items()}
 
-    def contrast(
-        self,
-        image: torch.Tensor | Image.Image,
-        pairs: Sequence[tuple[Target, Target]],
-        *,
-        stage: str = "cluster",
+    def contrast_stage(
+        self, image: torch.Tensor | Image.Image, pairs: Sequence[tuple[Target, Target]], stage: str
     ) -> torch.Tensor:
         """``contrast_map`` of "why P rather than Q?" (Eq. 2) per (P, Q) pair, ``P x H x W``."""
-        stage = self.check_stage(stage)
         x = self.prepare(image)
         if isinstance(pairs, tuple) and len(pairs) == 2 and not isinstance(pairs[0], tuple):
             raise TypeError("pairs must be a sequence of (fact, foil) tuples, e.g. [(281, 282)]")
@@ -366,8 +361,7 @@ class CCE(Explainer):
 
     def _normalize(self, x01: torch.Tensor) -> torch.Tensor:
         """[0, 1] image -> network input (not clamped: a perturbation is never clipped twice)."""
-        std, mean = self._std_mean(x01)
-        return (x01 - mean) / std
+        return self.classifier.normalize(x01)
 
     def _setup(
         self, images: torch.Tensor
@@ -482,7 +476,7 @@ class CCE(Explainer):
         for sl in batch_slices(inputs.shape[0], self.batch_size):
             with capture_activations(module, layers) as acts, torch.enable_grad():
                 logits = module(inputs[sl].detach().requires_grad_(True))
-                self._check_acts(acts, layers)
+                check_activations(acts, layers)
                 scores = self._row_scores(logits, member[sl]).sum()
                 grads = torch.autograd.grad(scores, [acts[name] for name in layers])
                 for name, g in zip(layers, grads, strict=True):
@@ -507,7 +501,7 @@ class CCE(Explainer):
         for sl in batch_slices(m, self.batch_size):
             with capture_activations(module, layers) as acts, torch.enable_grad():
                 logits = module(noisy[sl].detach().requires_grad_(True))
-                self._check_acts(acts, layers)
+                check_activations(acts, layers)
                 scores = self._target_scores(logits, member)  # B x T
                 grads = self._batched_grads(scores, [acts[name] for name in layers])  # per layer T x B x K x h x w
                 for name, g in zip(layers, grads, strict=True):
@@ -539,15 +533,6 @@ class CCE(Explainer):
                     parts[i].append(g.unsqueeze(0))
         return [torch.cat(p) for p in parts]
 
-    @staticmethod
-    def _check_acts(acts: Mapping[str, torch.Tensor], layers: Sequence[str]) -> None:
-        missing = [name for name in layers if name not in acts]
-        if missing:
-            raise ValueError(f"layers {missing} were not called in the forward pass")
-        for name in layers:
-            if acts[name].dim() != 4:
-                raise ValueError(f"layer {name!r} gives {tuple(acts[name].shape)}, not a B x C x h x w map")
-
     def _answer(
         self, images: torch.Tensor, questions: Sequence[Question], layers: Sequence[str]
     ) -> dict[str, dict[str, torch.Tensor]]:
@@ -578,22 +563,14 @@ class CCE(Explainer):
             diff = r_cf[name].view(nq, ns, *r_cf[name].shape[1:]) - r_bar[name].unsqueeze(1)
             promoted = torch.relu(diff).mean(1)  # Eq. (6): M_pro
             suppressed = torch.relu(-diff).mean(1)  # Eq. (7): M_sup
-            positive = _upsample(_minmax(suppressed), size)
-            negative = _upsample(_minmax(promoted), size)
+            positive = _unit_maps(suppressed, size)
+            negative = _unit_maps(promoted, size)
             mixed = self.alpha * positive + (1.0 - self.alpha) * negative  # appendix: M_p
             out[name] = {"positive": positive, "negative": negative, "mixed": mixed}
         return out
 
 
-def _minmax(maps: torch.Tensor) -> torch.Tensor:
-    """Per-map min-max normalisation into [0, 1] (Sec. 3.3); a constant map becomes 0."""
-    flat = maps.flatten(1)
-    lo = flat.min(dim=1).values.view(-1, 1, 1)
-    span = flat.max(dim=1).values.view(-1, 1, 1) - lo
-    return torch.where(span > 0, (maps - lo) / span.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
-
-
-def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling of ``n x h x w`` maps to the image (Sec. 3.3), kept in [0, 1]."""
-    up = F.interpolate(maps.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
-    return up.clamp_(0.0, 1.0)
+def _unit_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Each map min-max normalised into [0, 1] (Sec. 3.3; a constant map becomes 0), then
+    upsampled bilinearly to the image and kept in [0, 1]."""
+    return upsample(normalize_maps(maps, "minmax"), size).clamp_(0.0, 1.0)

@@ -83,7 +83,7 @@ from PIL import Image
 from cwox.batching import batch_slices
 from cwox.models import Classifier
 from cwox.split import ModelSplit, split_at
-from online.explainers.base import Explainer, register
+from online.explainers.base import Explainer, register, stage_groups, upsample
 from online.targets import Target, as_target, members, membership_matrix
 from store.reference_bank import ReferenceBank, load_reference_bank
 
@@ -263,12 +263,7 @@ class FGVCE(Explainer):
         batch_size: int | None = None,
     ) -> None:
         super().__init__(classifier, batch_size=batch_size)
-        self.layers = {
-            "cluster": cluster_layer or classifier.cluster_layer,
-            "class": class_layer or classifier.class_layer,
-        }
-        for name in self.layers.values():
-            classifier.layer(name)  # a clear error for a layer that does not exist
+        self._use_layers(cluster_layer or classifier.cluster_layer, class_layer or classifier.class_layer)
         if not (isinstance(sigma, (int, float)) and sigma > 0 and math.isfinite(sigma)):
             raise ValueError(f"sigma must be a positive number, got {sigma!r}")
         if int(max_steps) < 1:
@@ -304,8 +299,7 @@ class FGVCE(Explainer):
     def settings(self) -> dict[str, Any]:
         return {
             **super().settings(),
-            "cluster_layer": self.layers["cluster"],
-            "class_layer": self.layers["class"],
+            **self._layer_settings(),
             "sigma": self.sigma,
             "max_steps": self.max_steps,
             "reference_bank": self.bank.summary() if self.bank is not None else None,
@@ -346,17 +340,10 @@ class FGVCE(Explainer):
     ) -> dict[str, torch.Tensor]:
         """Maps for several stages; stages on the same layer share one set of partitions."""
         x = self.prepare(image)
-        wanted = self.checked_requests(requests)
-        by_layer: dict[str, list[str]] = {}
-        for stage in wanted:
-            by_layer.setdefault(self.layers[stage], []).append(stage)
         out: dict[str, torch.Tensor] = {}
-        for layer, stages in by_layer.items():
-            union = list(dict.fromkeys(t for s in stages for t in wanted[s]))
+        for layer, union, rows in stage_groups(self.checked_requests(requests), self.layers.__getitem__):
             maps = self._upsample(self._layer_saliency(x, layer, union), x.shape[-2:])
-            row = {t: i for i, t in enumerate(union)}
-            for s in stages:
-                out[s] = maps[[row[t] for t in wanted[s]]]
+            out.update({s: maps[r] for s, r in rows.items()})
         return out
 
     def grid_saliency(
@@ -379,16 +366,13 @@ class FGVCE(Explainer):
 
     @staticmethod
     def _upsample(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        return F.interpolate(maps.unsqueeze(1).float(), size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+        """Grid maps to the image, bilinearly, as float32."""
+        return upsample(maps.float(), size)
 
     # ---- contrast role and the direct question --------------------------------------
 
-    def contrast(
-        self,
-        image: torch.Tensor | Image.Image,
-        pairs: Sequence[tuple[Target, Target]],
-        *,
-        stage: str = "cluster",
+    def contrast_stage(
+        self, image: torch.Tensor | Image.Image, pairs: Sequence[tuple[Target, Target]], stage: str
     ) -> torch.Tensor:
         """Signed "fact rather than foil" maps ``P x H x W`` from counterfactuals (see the module doc).
 
@@ -396,7 +380,6 @@ class FGVCE(Explainer):
         replaces features of the last convolutional layer only, so both stages
         use it); the loops of all pairs share their batches.
         """
-        self.check_stage(stage)
         x = self.prepare(image)
         checked = [self._check_pair(fact, foil) for fact, foil in pairs]
         if not checked:

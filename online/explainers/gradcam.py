@@ -37,12 +37,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from cwox.batching import batch_slices
 from cwox.models import Classifier
-from online.explainers.base import Explainer, ExplainSession, capture_activations, register
+from online.explainers.base import (
+    Explainer,
+    ExplainSession,
+    capture_activations,
+    check_activations,
+    register,
+    stage_groups,
+    upsample,
+)
 from online.targets import Target, members, target_logits
 
 
@@ -70,16 +77,11 @@ class GradCAM(Explainer):
         batch_size: int | None = None,
     ) -> None:
         super().__init__(classifier, batch_size=batch_size)
-        self.layers = {
-            "cluster": cluster_layer or classifier.cluster_layer,
-            "class": class_layer or classifier.class_layer,
-        }
-        for name in self.layers.values():
-            classifier.layer(name)  # a clear error for a layer that does not exist
+        self._use_layers(cluster_layer or classifier.cluster_layer, class_layer or classifier.class_layer)
         self._vmap_ok = True
 
     def settings(self) -> dict[str, Any]:
-        return {**super().settings(), "cluster_layer": self.layers["cluster"], "class_layer": self.layers["class"]}
+        return {**super().settings(), **self._layer_settings()}
 
     def explain_stages(
         self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]
@@ -136,12 +138,7 @@ class GradCAMSession(ExplainSession):
             caught = dict(acts)
         if logits.dim() != 2 or logits.shape[0] != 1:
             raise ValueError(f"the model returned logits of shape {tuple(logits.shape)}, expected 1 x n_classes")
-        missing = [name for name in layers if name not in caught]
-        if missing:
-            raise ValueError(f"layers {missing} were not called in the forward pass")
-        for name in layers:
-            if caught[name].dim() != 4:
-                raise ValueError(f"layer {name!r} gives {tuple(caught[name].shape)}, not a 1 x C x h x w map")
+        check_activations(caught, layers, rows="1")
         super().__init__(explainer, image, torch.softmax(logits.detach()[0].float(), dim=0))
         self.gradcam = explainer
         self.logits: torch.Tensor | None = logits[0].float()
@@ -161,7 +158,7 @@ class GradCAMSession(ExplainSession):
             return {}
         layers = list(dict.fromkeys(ex.layers[s] for s in wanted))
         activations = [self.acts[name] for name in layers]
-        union = list(dict.fromkeys(t for targets in wanted.values() for t in targets))
+        ((_, union, rows),) = stage_groups(wanted)  # every stage shares the one forward
         classes = sorted({c for t in union for c in members(t)})
         z = self.logits
         by_class = len(classes) < len(union)
@@ -171,7 +168,6 @@ class GradCAMSession(ExplainSession):
             else:
                 alphas = ex._channel_gradients(target_logits(z, union), activations)
         col = {c: i for i, c in enumerate(classes)}
-        row = {t: i for i, t in enumerate(union)}
         zc = z.detach()[classes]
         out: dict[str, torch.Tensor] = {}
         for stage, targets in wanted.items():
@@ -183,10 +179,8 @@ class GradCAMSession(ExplainSession):
                     mix[k, ids] = torch.softmax(zc[ids], dim=0)  # d logsumexp / dz_c
                 weights = mix @ alphas[li]  # T x C
             else:
-                weights = alphas[li][[row[t] for t in targets]]
+                weights = alphas[li][rows[stage]]
             act = activations[li][0].detach().float()
             cams = torch.einsum("tc,chw->thw", weights, act)  # H_t = sum_k alpha_t[k] A[k]
-            out[stage] = F.interpolate(
-                cams.unsqueeze(1), size=tuple(self.image.shape[-2:]), mode="bilinear", align_corners=False
-            ).squeeze(1)
+            out[stage] = upsample(cams, self.image.shape[-2:])
         return out

@@ -43,7 +43,7 @@ from PIL import Image
 
 from cwox.batching import batch_slices
 from cwox.models import Classifier
-from online.explainers.base import Explainer, register
+from online.explainers.base import Explainer, register, stage_groups
 from online.targets import Target, membership_matrix
 
 
@@ -163,17 +163,10 @@ class RISE(Explainer):
     ) -> dict[str, torch.Tensor]:
         """Maps for several stages; stages with the same mask setup share one set of passes."""
         x = self.prepare(image)
-        wanted = self.checked_requests(requests)
-        by_setup: dict[MaskSetup, list[str]] = {}
-        for stage in wanted:
-            by_setup.setdefault(self.setups[stage], []).append(stage)
         out: dict[str, torch.Tensor] = {}
-        for setup, stages in by_setup.items():
-            union: list[Target] = list(dict.fromkeys(t for s in stages for t in wanted[s]))
+        for setup, union, rows in stage_groups(self.checked_requests(requests), self.setups.__getitem__):
             maps = self._saliency(x, union, setup)
-            row = {t: i for i, t in enumerate(union)}
-            for s in stages:
-                out[s] = maps[[row[t] for t in wanted[s]]]
+            out.update({s: maps[r] for s, r in rows.items()})
         return out
 
     @torch.no_grad()

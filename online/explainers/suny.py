@@ -88,13 +88,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from cwox.batching import batch_slices
 from cwox.models import Classifier
 from cwox.split import ModelSplit, split_at
-from online.explainers.base import Explainer, capture_activations, register
+from online.compose import normalize_maps
+from online.explainers.base import Explainer, capture_activations, register, stage_groups, upsample
 from online.targets import Target, members, membership_matrix
 
 #: Hypothesised cause types of Alg. 1: feature maps as input masks, or filters pruned.
@@ -234,11 +234,7 @@ class _Interventions:
         A constant feature map has no min-max normalisation; its mask is all zeros.
         """
         h, w = self.x.shape[-2:]
-        small = self.acts[channels.reshape(-1)].unsqueeze(1)  # n x 1 x h' x w'
-        up = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False).flatten(1)
-        lo = up.amin(dim=1, keepdim=True)
-        span = up.amax(dim=1, keepdim=True) - lo
-        m = torch.where(span > 0, (up - lo) / span.clamp_min(torch.finfo(up.dtype).tiny), 0.0)
+        m = normalize_maps(upsample(self.acts[channels.reshape(-1)], (h, w)), "minmax")  # n x H x W
         return m.view(*channels.shape, h, w)
 
     # ---- evaluation ----------------------------------------------------------------
@@ -348,9 +344,7 @@ class SUNY(Explainer):
         if int(n_samples) < 1:
             raise ValueError(f"n_samples (Shapley orderings) must be >= 1, got {n_samples}")
         first = layer or classifier.cluster_layer
-        self.layers = {"cluster": first, "class": class_layer or first}
-        for name in self.layers.values():
-            classifier.layer(name)  # a clear ValueError for a layer that does not exist
+        self._use_layers(first, class_layer or first)
         self.cause = cause
         self.n_causes = int(n_causes)
         self.n_samples = int(n_samples)
@@ -362,8 +356,7 @@ class SUNY(Explainer):
     def settings(self) -> dict[str, Any]:
         return {
             **super().settings(),
-            "cluster_layer": self.layers["cluster"],
-            "class_layer": self.layers["class"],
+            **self._layer_settings(),
             "cause": self.cause,
             "n_causes": self.n_causes,
             "n_samples": self.n_samples,
@@ -383,30 +376,20 @@ class SUNY(Explainer):
         x = self.prepare(image)
         wanted = self.checked_requests(requests)
         self.last_extra_maps = {}
-        by_layer: dict[str, list[str]] = {}
-        for stage in wanted:
-            by_layer.setdefault(self.layers[stage], []).append(stage)
         out: dict[str, torch.Tensor] = {}
-        for layer, stages in by_layer.items():
-            union = list(dict.fromkeys(t for s in stages for t in wanted[s]))
+        for layer, union, stage_rows in stage_groups(wanted, self.layers.__getitem__):
             res = self._analyse(x, layer, union, None)
-            row = {t: i for i, t in enumerate(union)}
-            for s in stages:
-                rows = torch.as_tensor([row[t] for t in wanted[s]], dtype=torch.long, device=x.device)
+            for s, r in stage_rows.items():
+                rows = torch.as_tensor(r, dtype=torch.long, device=x.device)
                 out[s] = res.importance[rows]
                 self.last_extra_maps[f"necessity_{s}"] = res.necessity[rows]
                 self.last_extra_maps[f"sufficiency_{s}"] = res.sufficiency[rows]
         return out
 
-    def contrast(
-        self,
-        image: torch.Tensor | Image.Image,
-        pairs: Sequence[tuple[Target, Target]],
-        *,
-        stage: str = "cluster",
+    def contrast_stage(
+        self, image: torch.Tensor | Image.Image, pairs: Sequence[tuple[Target, Target]], stage: str
     ) -> torch.Tensor:
         """"P rather than Q" importance maps ``P x H x W``: SUNY on the log-odds ``log p_P - log p_Q``."""
-        stage = self.check_stage(stage)
         facts, foils = self._check_pairs(pairs)
         res = self._analyse(self.prepare(image), self.layers[stage], facts, foils)
         self.last_extra_maps[f"contrast_necessity_{stage}"] = res.necessity
@@ -605,9 +588,4 @@ class SUNY(Explainer):
     def _cam(self, run: _Interventions, resp: torch.Tensor) -> torch.Tensor:
         """``norm(upsample(ReLU(sum_i R^i A_l^i)))`` for every target: ``T x H x W``."""
         small = torch.einsum("tc,chw->thw", resp.float(), run.acts).clamp_min(0.0)
-        up = F.interpolate(small.unsqueeze(1), size=tuple(run.x.shape[-2:]), mode="bilinear", align_corners=False)
-        flat = up.flatten(1)
-        lo = flat.amin(dim=1, keepdim=True)
-        span = flat.amax(dim=1, keepdim=True) - lo
-        norm = torch.where(span > 0, (flat - lo) / span.clamp_min(torch.finfo(flat.dtype).tiny), 0.0)
-        return norm.view(up.shape[0], *run.x.shape[-2:])
+        return normalize_maps(upsample(small, run.x.shape[-2:]), "minmax")
