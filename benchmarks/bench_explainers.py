@@ -58,11 +58,6 @@ SMALL: dict[str, dict[str, Any]] = {
     "fgvce": {"max_steps": 10},
 }
 
-#: Explainers whose stage two draws its maps from another layer, at another cost (FG-VCE's
-#: partitions of the 14x14 ``class_layer`` run many more, dearer passes than the 7x7 ones):
-#: the base role also times one map at the class stage, the dearer of the two stages' maps.
-CLASS_STAGE_TOO = ("gradcam", "fgvce")
-
 #: Goals on the whole/single ratio, where the brief states one.
 GOALS = {"suny": 1.5, "fgvce": 1.5}
 
@@ -144,7 +139,10 @@ def run_one(
         best["whole"] = (min(best["whole"][0], wall), min(best["whole"][1], cpu))
     assert exp is not None
     class_stage = None
-    if role == "base" and name in CLASS_STAGE_TOO:
+    layers = getattr(single_ex, "layers", {})
+    # A stage two on another layer (Grad-CAM's finer one, FG-VCE's class_layer) costs
+    # otherwise: time one map of that stage too.
+    if role == "base" and layers.get("class", None) != layers.get("cluster", None):
         best_class = (float("inf"), float("inf"))
         for _ in range(repeats):
             ex = get_explainer(name, clf, **params)

@@ -106,6 +106,15 @@ def test_one_set_of_partitions_serves_every_target(clf, chelsea):
     ex.forward_passes = 0
     ex.explain_stages(chelsea, {"cluster": [TIGER_CAT, TABBY, EGYPTIAN_CAT, {TABBY, EGYPTIAN_CAT}]})
     assert one == ex.forward_passes == 1 + 49
+    # Stage two partitions the finer class layer by default: its own 14 x 14 partitions.
+    ex.forward_passes = 0
+    ex.explain_stages(chelsea, {"cluster": [TABBY], "class": [TABBY]})
+    assert ex.forward_passes == (1 + 49) + (1 + 14 * 14)
+    # Both stages on one layer on request: one set of passes serves both.
+    one_layer = FGVCE(clf, class_layer=clf.cluster_layer)
+    both = one_layer.explain_stages(chelsea, {"cluster": [{TABBY, EGYPTIAN_CAT}], "class": [TABBY, EGYPTIAN_CAT]})
+    assert one_layer.forward_passes == 1 + 49
+    torch.testing.assert_close(both["class"][0], one_layer.explain(chelsea, [TABBY], stage="class")[0])
 
 
 def test_randomised_model_changes_the_maps(clf, chelsea):
