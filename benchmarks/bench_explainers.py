@@ -140,9 +140,9 @@ def run_one(
     assert exp is not None
     class_stage = None
     layers = getattr(single_ex, "layers", {})
-    # A stage two on another layer (Grad-CAM's finer one, FG-VCE's class_layer) costs
-    # otherwise: time one map of that stage too.
-    if role == "base" and layers.get("class", None) != layers.get("cluster", None):
+    # Stage two on another layer (Grad-CAM's and FG-VCE's finer class layer) has another
+    # cost: time one map of that stage too.
+    if role == "base" and layers.get("class") != layers.get("cluster"):
         best_class = (float("inf"), float("inf"))
         for _ in range(repeats):
             ex = get_explainer(name, clf, **params)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import peak_rss_mib
+from _common import peak_rss_mib, sync
 from PIL import Image
 
 from cwox.devices import default_batch_size, resolve_device
@@ -97,16 +97,12 @@ def run_child(which: str, state_path: str) -> None:
     image, maps, pairs = state["image"].to(device), state["maps"].to(device), state["pairs"]
     step, tau, batch_size = state["step"], state["tau"], state["batch_size"]
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
     # Warm-up (allocator, kernels), not timed: full batches for the batched path, single
     # images for the loop.
     with torch.inference_mode():
         for _ in range(2):
             model(image[None].expand(batch_size if which == "batched" else 1, -1, -1, -1))
-    sync()
+    sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -115,7 +111,7 @@ def run_child(which: str, state_path: str) -> None:
         caucs, cdrops = res.cauc, res.cdrop
     else:
         caucs, cdrops = one_at_a_time(model, image, maps, pairs, step, tau)
-    sync()
+    sync(device)
     seconds = time.perf_counter() - t0
     gpu = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
     print(

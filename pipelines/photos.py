@@ -79,7 +79,6 @@ def bundled_photos(folder: str | Path) -> list[Path]:
     return paths + package_photo_files()
 
 
-
 def fixed_views(image: Image.Image) -> list[Image.Image]:
     """The photo and three fixed crops of it (two thirds top-left, bottom-right, top-centre)."""
     w, h = image.size

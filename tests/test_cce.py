@@ -200,7 +200,8 @@ def test_through_the_engine_in_cwox2s(clf):
     kwargs = {}
     if "role" in inspect.signature(engine.Engine).parameters:
         kwargs["role"] = "contrast"
-    exp = engine.explain_image(clf, photo, tree_from_groups([[TABBY, TIGER_CAT, EGYPTIAN_CAT]], clf.class_names), "cce", "cwox2s", top_k=4, **kwargs, **tiny)
+    tree = tree_from_groups([[TABBY, TIGER_CAT, EGYPTIAN_CAT]], clf.class_names)
+    exp = engine.explain_image(clf, photo, tree, "cce", "cwox2s", top_k=4, **kwargs, **tiny)
     assert exp.explainer == "cce"
     assert set(exp.classes[:3]) == {TABBY, TIGER_CAT, EGYPTIAN_CAT}
     assert exp.class_maps.shape == (4, 224, 224) and exp.cluster_maps.shape[1:] == (224, 224)

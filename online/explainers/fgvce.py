@@ -224,7 +224,7 @@ class CounterfactualReport:
         return d
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Question:
     source: Target
     goal: Target
@@ -405,10 +405,9 @@ class FGVCE(Explainer):
             flipped_dir.append(not forward)
         # Pairs that ask the same question once oriented ("C_1 rather than C_2" and
         # "C_2 rather than C_1" both run C_1 -> C_2) share one loop: same maps, signs apart.
-        unique = list(dict.fromkeys((q.source, q.goal, q.criterion) for q in questions))
-        where = {key: i for i, key in enumerate(unique)}
-        answers = self._counterfactuals(x, [_Question(*key) for key in unique])
-        results = [answers[where[(q.source, q.goal, q.criterion)]] for q in questions]
+        unique = list(dict.fromkeys(questions))
+        answers = dict(zip(unique, self._counterfactuals(x, unique), strict=True))
+        results = [answers[q] for q in questions]
         maps = []
         for res, backwards in zip(results, flipped_dir):
             m = res["invariant"] - res["dominant"]

@@ -319,9 +319,9 @@ def cauc(
     check_heatmaps(heatmap, image, batched=False)
     if isinstance(n_delta, str):
         raise ValueError(f"n_delta must be None or an integer, got {n_delta!r}")
-    settings = {"delta": delta, "step": step, "substrate": substrate, "batch_size": batch_size}
     return _one_score(
-        "cauc", model, image, heatmap, (target, contrast), n_delta=n_delta, **settings
+        "cauc", model, image, heatmap, (target, contrast),
+        delta=delta, step=step, n_delta=n_delta, substrate=substrate, batch_size=batch_size,
     )
 
 
@@ -346,8 +346,10 @@ def cdrop(
     image = check_image(image)
     check_heatmaps(heatmap, image, batched=False)
     check_positive_int(step, "step")
-    settings = {"delta": delta, "step": step, "substrate": substrate, "batch_size": batch_size}
-    return _one_score("cdrop", model, image, heatmap, (target, contrast), tau=tau, **settings)
+    return _one_score(
+        "cdrop", model, image, heatmap, (target, contrast),
+        delta=delta, step=step, tau=tau, substrate=substrate, batch_size=batch_size,
+    )
 
 
 def contrastive_curve(
