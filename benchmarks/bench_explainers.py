@@ -35,7 +35,6 @@ Prints one block per (explainer, role) and a markdown table for benchmarks/RESUL
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
@@ -45,6 +44,8 @@ import click
 import torch
 from _common import cats_tree, peak_rss_mib, timed
 from PIL import Image
+
+from cwox.commands.common import parse_params
 
 #: The five explainers of the mission, in the table's order.
 EXPLAINERS = ("gradcam", "rise", "cce", "suny", "fgvce")
@@ -60,22 +61,6 @@ SMALL: dict[str, dict[str, Any]] = {
 
 #: Goals on the whole/single ratio, where the brief states one.
 GOALS = {"suny": 1.5, "fgvce": 1.5}
-
-
-def _parse_params(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """``name.key=value`` options -> ``{name: {key: value}}`` (values as Python literals when they parse)."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in items:
-        head, sep, value = item.partition("=")
-        name, dot, key = head.partition(".")
-        if not sep or not dot or not key:
-            raise click.BadParameter(f"{item!r}: use EXPLAINER.KEY=VALUE, e.g. suny.n_causes=5")
-        try:
-            parsed: Any = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            parsed = value
-        out.setdefault(name, {})[key] = parsed
-    return out
 
 
 def has_contrast(name: str) -> bool:
@@ -251,7 +236,7 @@ def main(names, small, items, device, batch_size, repeats, timeout, roles, one, 
     unknown = [n for n in names if n not in known]
     if unknown:
         raise click.BadParameter(f"unknown explainers {unknown}; registered: {known}")
-    extra = _parse_params(items)
+    extra = parse_params(items)
     print(f"explainers: {', '.join(names)}; settings: {'small' if small else 'paper defaults'}; device {device}")
     rows = []
     for name in names:

@@ -16,7 +16,10 @@ Algorithm 1 of the CWOX paper, online phase:
    native "P rather than Q" map replaces ``H_P - H_Q``, so the base maps of
    the pairs are not drawn at all, only those the formula still reads
    (:meth:`online.targets.TargetPlan.base_targets`: a class alone in its
-   cluster, a lone cluster); the composed maps are the same.
+   cluster, a lone cluster); the composed maps are the same;
+5. gather what the explainer recorded beside its maps (FG-VCE's and CCE's
+   counterfactual reports, :mod:`online.diagnostics`) into
+   ``Explanation.diagnostics``.
 
 Everything runs on ``classifier.device``; the result is an
 :class:`online.explanation.Explanation` with per-phase timings.
@@ -38,6 +41,7 @@ from PIL import Image
 from cwox.images import load_image
 from cwox.models import Classifier
 from online.compose import NORMALIZATIONS, compose, normalize_maps
+from online.diagnostics import merge_diagnostics
 from online.explainers import Explainer, get_explainer
 from online.explanation import Explanation
 from online.targets import MODES, cut_clusters, plan_targets, top_k
@@ -211,11 +215,19 @@ class Engine:
             # In the contrast role a pair's native map replaces H_fact - H_foil, so only
             # the base maps the formula still reads are drawn (plan.base_targets).
             needed = plan.base_targets(with_contrasts=self.role == "contrast")
+            # Each explainer call leaves its own records (counterfactual reports) in
+            # last_diagnostics: gather them after every call, in call order.
+            diagnostics: dict[str, list[dict[str, Any]]] = {}
+            self.explainer.last_diagnostics = {}  # nothing left over from earlier calls
             drawn = session.explain_stages(needed)
+            merge_diagnostics(diagnostics, getattr(self.explainer, "last_diagnostics", None))
             maps = _full_stacks(plan.stage_targets, needed, drawn, tuple(x.shape[-2:]), dev)
             contrasts = None
             if self.role == "contrast":
-                contrasts = {stage: session.contrast(pairs, stage=stage) for stage, pairs in plan.contrast_pairs().items()}
+                contrasts = {}
+                for stage, pairs in plan.contrast_pairs().items():
+                    contrasts[stage] = session.contrast(pairs, stage=stage)
+                    merge_diagnostics(diagnostics, getattr(self.explainer, "last_diagnostics", None))
             lap("maps")
 
         maps = {stage: normalize_maps(m.float(), self.normalization) for stage, m in maps.items()}
@@ -245,6 +257,7 @@ class Engine:
                 name: m.detach().float().cpu().numpy()
                 for name, m in (getattr(self.explainer, "last_extra_maps", None) or {}).items()
             },
+            diagnostics=diagnostics,
         )
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -513,8 +513,15 @@ def _fmt(mean: float, half: float) -> str:
     return f"{mean:.3e} ± {half:.2e}"
 
 
-def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> str:
+def summarize(
+    rows: Sequence[dict[str, Any]],
+    confidence: float = 0.95,
+    explainer_params: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str:
     """Markdown tables shaped like the CWOX paper's Tables 1-3 (mean ± t-interval half-width).
+
+    ``explainer_params`` (explainer -> parameters other than its defaults, as given to
+    :func:`evaluate_images`) is stated under the title when there are any.
 
     Table 1: CAUC per mode (rows) x explainer (columns); Table 2: CDROP; Table 3: CWOX-2s
     per base explainer with mean ``n_delta``, CAUC and CDROP. Extra tables for insertion /
@@ -537,6 +544,11 @@ def summarize(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> str:
         f"{pct}% Student-t confidence interval over pairs.",
         "",
     ]
+    given = {n: p for n, p in (explainer_params or {}).items() if p}
+    if given:
+        lines += ["Explainer parameters: " + "; ".join(
+            f"{n} " + ", ".join(f"{k}={v!r}" for k, v in sorted(p.items())) for n, p in given.items()
+        ) + ".", ""]
 
     def values(explainer: str, mode: str, metric: str, field: str = "value") -> list[float]:
         return [float(r[field]) for r in good

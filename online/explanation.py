@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from online.diagnostics import diagnostic_warnings
+
 
 @dataclass
 class Explanation:
@@ -33,6 +35,11 @@ class Explanation:
         timings: seconds spent per phase (``forward``, ``maps``, ``total``...).
         extra_maps: optional named maps an explainer keeps beside the main ones
             (e.g. SUNY's necessity and sufficiency maps), name -> ``n x H x W``.
+        diagnostics: JSON-ready records of what the explainer did beside its
+            maps, kind -> list of records (:mod:`online.diagnostics`): FG-VCE's
+            replacement loops (did each flip, why it stopped, which candidate
+            pool) and CCE's counterfactuals (L2 norms, logit changes); empty for
+            explainers without counterfactuals. :meth:`warnings` reads them.
     """
 
     image_path: str
@@ -48,6 +55,7 @@ class Explanation:
     settings: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     extra_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         k = len(self.classes)
@@ -60,6 +68,8 @@ class Explanation:
             raise ValueError("clusters must partition the top classes")
         if self.cluster_maps is not None and self.cluster_maps.shape[0] != len(self.clusters):
             raise ValueError("cluster_maps needs one map per cluster")
+        if not isinstance(self.diagnostics, dict):
+            raise TypeError(f"diagnostics must be a dict, got {type(self.diagnostics).__name__}")
 
     def name_of(self, class_id: int) -> str:
         return self.class_names[self.classes.index(class_id)]
@@ -70,6 +80,16 @@ class Explanation:
     def cluster_prob(self, i: int) -> float:
         """Probability of cluster ``i`` as a compound class: the sum (CWOX Sec. 4.1)."""
         return float(sum(self.prob_of(c) for c in self.clusters[i]))
+
+    def warnings(self) -> list[str]:
+        """Sentences a user must read before trusting the maps, e.g. counterfactuals that failed.
+
+        Built from :attr:`diagnostics` (:func:`online.diagnostics.diagnostic_warnings`);
+        class names come from the records, else from the top classes, else the id.
+        Empty when nothing needs saying (always, for explainers without diagnostics).
+        """
+        names = {str(c): n for c, n in zip(self.classes, self.class_names, strict=True)}
+        return diagnostic_warnings(self.diagnostics, names)
 
     @staticmethod
     def map_stats(m: np.ndarray) -> dict[str, float]:
@@ -83,7 +103,10 @@ class Explanation:
         }
 
     def to_json(self) -> dict[str, Any]:
-        """Everything but the pixel arrays, JSON-ready (maps summarised by statistics)."""
+        """Everything but the pixel arrays, JSON-ready (maps summarised by statistics).
+
+        ``diagnostics`` is included as it is; ``warnings`` holds :meth:`warnings`.
+        """
         d = {k: v for k, v in asdict(self).items() if k not in ("image", "cluster_maps", "class_maps", "extra_maps")}
         d["top"] = [
             {"class_id": c, "name": n, "prob": float(p)}
@@ -101,4 +124,5 @@ class Explanation:
         d["class_map_stats"] = [self.map_stats(m) for m in self.class_maps]
         d["extra_maps"] = sorted(self.extra_maps)
         d["image_size"] = list(self.image.shape[:2])
+        d["warnings"] = self.warnings()
         return d

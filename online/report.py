@@ -4,7 +4,9 @@
 
 ``explanation.json``
     :meth:`Explanation.to_json` plus the names of the files written, pretty-printed
-    strict JSON (non-finite numbers become ``null``).
+    strict JSON (non-finite numbers become ``null``); with the explainer's
+    ``diagnostics`` (FG-VCE's and CCE's counterfactual records,
+    :mod:`online.diagnostics`) and the ``warnings`` drawn from them.
 ``maps.npz``
     the arrays, compressed: ``image``, ``class_maps``, ``cluster_maps`` (only when
     the mode has a cluster stage), ``classes``, ``class_names``, ``probs``, each
@@ -17,8 +19,9 @@
 
 :func:`load_report` reads them back into an ``Explanation``. :func:`write_index`
 writes ``index.html``, a static page (inline CSS, no script, no external URL) with
-one section per image: its grid, its top classes grouped by cluster, links to its
-files, or the reason it failed.
+one section per image: its grid, its top classes grouped by cluster, the warnings
+and a table of the counterfactuals behind the maps (when the explainer recorded
+any, failures marked), links to its files, or the reason it failed.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from online.diagnostics import CCE_KEY, FGVCE_KEY, diagnostic_warnings, question_text
 from online.explanation import Explanation
 from online.render import as_rgb_uint8, check_maps, draw_grid, format_prob, panel_letter
 
@@ -191,7 +195,7 @@ def load_report(report_dir: str | Path) -> Explanation:
     """Read a folder written by :func:`write_report` back into an :class:`Explanation`.
 
     Arrays (including non-finite probabilities) come from ``maps.npz``; the
-    remaining fields (path, mode, explainer, settings, timings) from the JSON.
+    remaining fields (path, mode, explainer, settings, timings, diagnostics) from the JSON.
     """
     folder = Path(report_dir)
     for name in (JSON_NAME, MAPS_NAME):
@@ -216,6 +220,7 @@ def load_report(report_dir: str | Path) -> Explanation:
         settings=doc.get("settings") or {},
         timings=doc.get("timings") or {},
         extra_maps={k[len("extra_"):]: v for k, v in arrays.items() if k.startswith("extra_")},
+        diagnostics=doc.get("diagnostics") or {},
     )
 
 
@@ -234,6 +239,8 @@ class IndexEntry:
         mode, explainer: what drew the maps.
         status: ``"ok"``, or anything else for a failure.
         reason: why the image failed.
+        diagnostics: the explanation's diagnostics as JSON (counterfactual records,
+            :mod:`online.diagnostics`); ``{}`` when the explainer keeps none.
     """
 
     image_path: str
@@ -244,6 +251,7 @@ class IndexEntry:
     explainer: str | None = None
     status: str = "ok"
     reason: str | None = None
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -259,6 +267,7 @@ class IndexEntry:
             clusters=[list(cl) for cl in explanation.clusters],
             mode=explanation.mode,
             explainer=explanation.explainer,
+            diagnostics=to_jsonable(explanation.diagnostics),
         )
 
     @classmethod
@@ -299,6 +308,7 @@ class IndexEntry:
             list(cl["classes"]) if isinstance(cl, Mapping) else list(cl)
             for cl in kwargs.get("clusters") or []
         ]
+        kwargs["diagnostics"] = to_jsonable(kwargs.get("diagnostics") or {})
         return cls(**kwargs)
 
 
@@ -335,6 +345,8 @@ td.p { font-variant-numeric: tabular-nums; text-align: right; }
 .failed h2, .bad { color: #8b1a1a; }
 .reason { font-family: monospace; white-space: pre-wrap; }
 .links a { margin-right: 1em; }
+table.diag caption { text-align: left; font-weight: bold; padding-top: .4em; }
+ul.warnings { margin: .4em 0; padding-left: 1.2em; }
 """
 
 
@@ -356,6 +368,92 @@ def _top_table(entry: IndexEntry) -> str:
                 f'<td class="p">{html.escape(format_prob(p))}</td></tr>'
             )
     return '<table class="top">' + "".join(rows) + "</table>"
+
+
+def _yes_no(flag: Any) -> str:
+    return "yes" if flag else "no"
+
+
+#: One table row: whether the row is marked bad, and its cells as (text, marked bad).
+_Row = tuple[bool, list[tuple[str, bool]]]
+
+
+def _table(caption: str, head: tuple[str, ...], rows: list[_Row]) -> str:
+    """A small ``table.top.diag`` with a caption; text escaped, bad rows and cells of class ``bad``."""
+    bad = ' class="bad"'
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join(
+        f"<tr{bad if row_bad else ''}>"
+        + "".join(f"<td{bad if mark else ''}>{html.escape(text)}</td>" for text, mark in cells)
+        + "</tr>"
+        for row_bad, cells in rows
+    )
+    return f'<table class="top diag"><caption>{html.escape(caption)}</caption><tr>{header}</tr>{body}</table>'
+
+
+def _fgvce_rows(records: list[Mapping[str, Any]], names: Mapping[str, str]) -> list[_Row]:
+    """One row per FG-VCE pair: question, stage, steps, flipped, stopped, pool; failures marked."""
+    return [
+        (
+            not r.get("flipped"),
+            [
+                (question_text(r, names), False),
+                (str(r.get("stage")), False),
+                (f"{r.get('steps')} / {r.get('max_steps')}", False),
+                (_yes_no(r.get("flipped")), not r.get("flipped")),
+                (str(r.get("stopped")), False),
+                (str(r.get("pool")), r.get("pool") == "all"),
+            ],
+        )
+        for r in records
+    ]
+
+
+def _cce_rows(records: list[Mapping[str, Any]], names: Mapping[str, str]) -> list[_Row]:
+    """One row per CCE question: the largest L2 norm against epsilon, top-class changes, foils reached."""
+    rows: list[_Row] = []
+    for r in records:
+        l2 = [float(v) for v in r.get("l2") or [] if v is not None]
+        n = len(r.get("l2") or [])
+        reached = r.get("reached_foil")
+        missed = reached is not None and int(reached) == 0
+        rows.append((
+            missed,
+            [
+                (question_text(r, names), False),
+                (str(r.get("stage")), False),
+                (f"{max(l2, default=float('nan')):.3g} / {float(r.get('epsilon') or float('nan')):g}", False),
+                (f"{r.get('changed_top1')} of {n}", False),
+                ("-" if reached is None else f"{reached} of {n}", missed),
+            ],
+        ))
+    return rows
+
+
+def _diagnostics_html(entry: IndexEntry) -> str:
+    """The warnings and a table per kind of counterfactual record; ``""`` without records.
+
+    FG-VCE: a row per contrast pair, a loop that did not flip a ``bad`` row and a
+    pool of every class a ``bad`` cell. CCE: a row per question, a contrast none
+    of whose counterfactuals reached the foil a ``bad`` row.
+    """
+    diagnostics = entry.diagnostics or {}
+    names = {str(int(c)): str(n) for c, n, _p in entry.top}
+    parts = []
+    warnings = diagnostic_warnings(diagnostics, names)
+    if warnings:
+        parts.append('<ul class="warnings bad">' + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>")
+    fgvce = diagnostics.get(FGVCE_KEY) or []
+    if fgvce:
+        failed = sum(not r.get("flipped") for r in fgvce)
+        caption = f"FG-VCE counterfactuals ({failed} of {len(fgvce)} did not flip)"
+        head = ("question", "stage", "steps", "flipped", "stopped", "pool")
+        parts.append(_table(caption, head, _fgvce_rows(fgvce, names)))
+    cce = diagnostics.get(CCE_KEY) or []
+    if cce:
+        head = ("question", "stage", "max L2 / epsilon", "top class changed", "reached foil")
+        parts.append(_table("CCE counterfactuals", head, _cce_rows(cce, names)))
+    return "".join(parts)
 
 
 def _section(number: int, entry: IndexEntry, base: Path) -> str:
@@ -381,6 +479,7 @@ def _section(number: int, entry: IndexEntry, base: Path) -> str:
     else:
         parts.append('<p class="bad">grid.png is missing</p>')
     parts.append(_top_table(entry))
+    parts.append(_diagnostics_html(entry))
     links = [
         f'<a href="{html.escape(_href(folder / name, base))}">{name}</a>'
         for name in (JSON_NAME, MAPS_NAME, GRID_NAME)

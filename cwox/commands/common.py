@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import ast
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import click
 
@@ -40,3 +43,145 @@ class CommandError(click.ClickException):
     """A usage or set-up error: nothing was computed. Exit code 2 (1 means some items failed)."""
 
     exit_code = 2
+
+
+def explainer_error(exc: Exception, items: Sequence[str] = ()) -> CommandError:
+    """An explainer that could not be built, as a usage error naming the ``-p`` items given.
+
+    The explainer's own message says what is wrong (``n_causes ... must be >= 1``); a
+    value of the wrong type gives Python's (``invalid literal for int()``), so the
+    items are repeated to say where it came from.
+    """
+    given = " ".join(f"-p {item}" for item in items)
+    return CommandError(f"{exc}" + (f" (explainer parameters given: {given})" if given else ""))
+
+
+# --------------------------------------------------------------------------- explainer parameters
+
+#: Explainer keyword arguments that dedicated options of every command set (and record):
+#: ``-p`` may not set them, so the engine's settings and the explainer's cannot disagree.
+RESERVED_PARAMS: dict[str, str] = {"seed": "--seed", "batch_size": "--batch-size"}
+
+_PARAM_HINT = "'-p' / '--param'"
+
+
+def param_option(f: Callable) -> Callable:
+    """``-p/--param [EXPLAINER.]KEY=VALUE`` (repeatable), as ``param_items``."""
+    return click.option(
+        "-p", "--param", "param_items", multiple=True, metavar="[EXPLAINER.]KEY=VALUE",
+        help="An explainer parameter (repeatable), e.g. suny.n_causes=5 or "
+             "fgvce.class_layer=_conv_head; the EXPLAINER. prefix may be left out when one "
+             "explainer runs. KEY is an argument of the explainer's constructor; VALUE a "
+             "Python literal (5, 0.1, None, 'text'), else taken as a string.",
+    )(f)
+
+
+def parse_params(items: Iterable[str], default: str | None = None) -> dict[str, dict[str, Any]]:
+    """``EXPLAINER.KEY=VALUE`` items -> ``{explainer: {key: value}}``.
+
+    ``VALUE`` is parsed with :func:`ast.literal_eval` (``5``, ``0.1``, ``None``, ``'a'``,
+    ``(1, 2)``) and kept as the string itself when it is no literal (``_blocks.14``).
+    ``KEY=VALUE`` without a name is for ``default`` (an error when it is None). The
+    explainer name is lower-cased; nothing is checked against the explainers here.
+
+    Raises:
+        click.BadParameter: a malformed item (no ``=``, no key, a key that is no Python
+            identifier, no value) or the same key given twice (exit code 2).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        head, sep, text = item.partition("=")
+        name, dot, key = head.strip().partition(".")
+        if not dot:
+            name, key = "", name
+        name, key = name.strip().lower(), key.strip()
+        if not sep or not key.isidentifier() or (dot and not name) or not text.strip():
+            raise click.BadParameter(
+                f"{item!r}: use EXPLAINER.KEY=VALUE, e.g. suny.n_causes=5"
+                + ("" if default is None else f" (or KEY=VALUE for {default})"),
+                param_hint=_PARAM_HINT,
+            )
+        if not dot:
+            if default is None:
+                raise click.BadParameter(
+                    f"{item!r}: name the explainer it is for, EXPLAINER.{key}={text}", param_hint=_PARAM_HINT
+                )
+            name = default
+        text = text.strip()
+        try:
+            value: Any = ast.literal_eval(text)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+            value = text
+        given = out.setdefault(name, {})
+        if key in given:
+            raise click.BadParameter(f"{name}.{key} is given twice", param_hint=_PARAM_HINT)
+        given[key] = value
+    return out
+
+
+def explainer_keys(name: str) -> list[str] | None:
+    """The keyword arguments the explainer ``name`` takes besides the classifier.
+
+    From its class's ``__init__`` signature (:func:`online.explainers.explainer_class`);
+    None when it takes ``**kwargs`` (any key is accepted).
+    """
+    from online.explainers import explainer_class
+
+    params = list(inspect.signature(explainer_class(name).__init__).parameters.values())[1:]  # no self
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.name != "classifier"
+            and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+
+
+def explainer_params(
+    items: Iterable[str],
+    explainers: Sequence[str],
+    *,
+    option: str,
+    dedicated: Mapping[str, dict[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The explainer parameters of a command: its dedicated options' merged with ``-p`` items.
+
+    Args:
+        items: the ``-p`` values (:func:`parse_params`; ``KEY=VALUE`` without a name is
+            accepted only when ``explainers`` has exactly one name).
+        explainers: the explainers the command runs (lower-case registry names).
+        option: the option that chose them (``--explainer``, ``--explainers``), for messages.
+        dedicated: ``{explainer: {key: option}}`` of the dedicated options the user gave
+            (``{"rise": {"n_masks": "--n-masks"}}``); their values are the caller's to merge.
+
+    Returns:
+        ``{explainer: {key: value}}`` of the ``-p`` items, every key checked.
+
+    Raises:
+        click.BadParameter: a malformed item, an explainer that ``option`` does not select,
+            a key the explainer does not take (the message lists those it takes), a key
+            of :data:`RESERVED_PARAMS` or one a dedicated option already sets (exit code 2).
+    """
+    explainers = list(explainers)
+    params = parse_params(items, default=explainers[0] if len(explainers) == 1 else None)
+    for name, given in params.items():
+        if name not in explainers:
+            keys = ", ".join(f"{name}.{k}={v!r}" for k, v in given.items())
+            raise click.BadParameter(
+                f"{keys}: {name!r} is not among the explainers {option} selects ({', '.join(explainers)})",
+                param_hint=_PARAM_HINT,
+            )
+        known = explainer_keys(name)
+        taken = {**RESERVED_PARAMS, **dict((dedicated or {}).get(name, {}))}
+        for key in given:
+            if known is not None and key not in known:
+                settable = [k for k in known if k not in taken]
+                elsewhere = [f"{k} by {taken[k]}" for k in known if k in taken]
+                raise click.BadParameter(
+                    f"{name} has no parameter {key!r}; it takes {', '.join(settable) or 'none'}"
+                    + (f" ({', '.join(elsewhere)})" if elsewhere else ""),
+                    param_hint=_PARAM_HINT,
+                )
+            if key in taken:
+                raise click.BadParameter(
+                    f"{name}.{key} is set by {taken[key]}; give it there, not with -p",
+                    param_hint=_PARAM_HINT,
+                )
+    return params

@@ -5,20 +5,32 @@ For each image, base explainer and mode it scores every in-cluster pair
 
 * ``results.csv``: one row per image, explainer, mode, pair and metric;
 * ``summary.md``: tables shaped like the paper's Tables 1-3 (mean ± 95% Student-t interval);
-* ``curves.png``: the contrastive-score curves of one example pair, one panel per mode (Fig. 6).
+* ``curves.png``: the contrastive-score curves of one example pair, one panel per mode (Fig. 6);
+* ``settings.json``: the options of the run, each explainer's parameters (``--n-masks``,
+  ``-p``) and every explainer's effective settings (defaults included).
 
 Exit code: 0 every image scored, 1 some image failed (listed, the others finish),
-2 a usage or set-up error (unknown explainer/mode/metric, model, missing tree).
+2 a usage or set-up error (unknown explainer/mode/metric, bad ``-p`` parameter, model,
+missing tree).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sys
 from pathlib import Path
 
 import click
 
-from cwox.commands.common import CommandError, model_options, tree_option
+from cwox.commands.common import (
+    CommandError,
+    explainer_error,
+    explainer_params,
+    model_options,
+    param_option,
+    tree_option,
+)
 
 MODES = ("swox", "cwox1sa", "cwox1sb", "cwox2s")
 METRICS = ("cauc", "cdrop", "insertion", "deletion")
@@ -57,6 +69,7 @@ def _check_list(value: str, allowed, option: str) -> list[str]:
               help="CAUC samples the deletion curve every N pixels (1 = exact Eq. 4).")
 @click.option("--substrate", type=click.Choice(["zero", "blur"]), default="zero", show_default=True)
 @click.option("--n-masks", type=click.IntRange(min=1), default=None, help="RISE masks (default: RISE's).")
+@param_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of randomised explainers.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per forward pass.")
 @click.option("--scheduler", default=None, help="Spread images over this Dask scheduler (tcp://host:port).")
@@ -69,7 +82,7 @@ def _check_list(value: str, allowed, option: str) -> list[str]:
 @click.option("--no-plot", is_flag=True, help="Do not draw curves.png.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate(images, model, weights, device, tree_opt, explainers, modes, metrics, cum, max_k, delta,
-             step, substrate, n_masks, seed, batch_size, scheduler, workers, limit, out_dir,
+             step, substrate, n_masks, param_items, seed, batch_size, scheduler, workers, limit, out_dir,
              curve_points, no_plot, quiet):
     """Score the whole-output modes of each IMAGE with CAUC / CDROP (files, folders, .txt lists)."""
     from cwox.images import collect_inputs
@@ -79,10 +92,13 @@ def evaluate(images, model, weights, device, tree_opt, explainers, modes, metric
     modes = _check_list(modes, MODES, "--modes")
     metrics = _check_list(metrics, METRICS, "--metrics")
     params: dict[str, dict] = {}
+    dedicated: dict[str, dict[str, str]] = {}
     if n_masks is not None:
         if "rise" not in names:
             raise click.UsageError("--n-masks applies to the rise explainer, which is not evaluated")
-        params["rise"] = {"n_masks": n_masks}
+        params["rise"], dedicated["rise"] = {"n_masks": n_masks}, {"n_masks": "--n-masks"}
+    for name, given in explainer_params(param_items, names, option="--explainers", dedicated=dedicated).items():
+        params.setdefault(name, {}).update(given)
     if scheduler and workers:
         raise click.UsageError("give --scheduler ADDRESS or --workers W, not both")
     paths = collect_inputs(images)
@@ -101,9 +117,28 @@ def evaluate(images, model, weights, device, tree_opt, explainers, modes, metric
     except (ValueError, OSError) as exc:
         raise CommandError(str(exc)) from exc
     tree = load_tree_option(tree_opt, classifier.name, classifier.class_names)
-    kwargs = dict(explainers=names, modes=modes, metrics=metrics, cum=cum, max_k=max_k, delta=delta,
-                  step=step, substrate=substrate, explainer_params=params or None, seed=seed,
-                  batch_size=batch_size, progress=not quiet)
+    setup_kwargs = dict(explainers=names, modes=modes, metrics=metrics, cum=cum, max_k=max_k, delta=delta,
+                        step=step, substrate=substrate, explainer_params=params or None, seed=seed,
+                        batch_size=batch_size)
+    try:
+        # Every explainer is built once here, before any image (and before any Dask worker
+        # builds its own): a bad parameter is a usage error with the explainer's message.
+        setup = evaluation.EvaluationSetup.build(**setup_kwargs)
+        explainer_settings = {n: e.explainer.settings() for n, e in setup.engines(classifier, tree).items()}
+    except (ValueError, TypeError, OSError) as exc:
+        raise explainer_error(exc, param_items) from exc
+    settings = {
+        **dataclasses.asdict(setup),
+        "explainer_params": {n: setup.params_of(n) for n in setup.explainers if setup.params_of(n)},
+        "model": model,
+        "weights": weights,
+        "device": str(classifier.device),
+        "tree": tree_opt,
+        "tree_version": None if tree is None else tree.graph.get("version"),
+        "n_images": len(paths),
+        "explainer_settings": explainer_settings,
+    }
+    kwargs = {**setup_kwargs, "progress": not quiet}
     try:
         if scheduler or workers:
             from offline.documents import dask_client
@@ -123,7 +158,9 @@ def evaluate(images, model, weights, device, tree_opt, explainers, modes, metric
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     evaluation.write_results_csv(rows, out / "results.csv")
-    (out / "summary.md").write_text(evaluation.summarize(rows), encoding="utf-8")
+    (out / "summary.md").write_text(evaluation.summarize(rows, explainer_params=settings["explainer_params"]),
+                                    encoding="utf-8")
+    (out / "settings.json").write_text(json.dumps(settings, indent=2, default=str) + "\n", encoding="utf-8")
     failed = [r for r in rows if r.get("error")]
     for r in failed:
         click.echo(f"{r['image']}: skipped: {r['error']}", err=True)
@@ -137,6 +174,7 @@ def evaluate(images, model, weights, device, tree_opt, explainers, modes, metric
         )
     n_pairs = len({(r["image"], r["class"]) for r in rows if not r.get("error")})
     click.echo(f"{len(paths) - len({r['image'] for r in failed})}/{len(paths)} images scored, "
-               f"{n_pairs} in-cluster pairs; wrote {out / 'results.csv'}, {out / 'summary.md'}"
+               f"{n_pairs} in-cluster pairs; wrote {out / 'results.csv'}, {out / 'summary.md'}, "
+               f"{out / 'settings.json'}"
                + ("" if example is None or no_plot else f", {out / 'curves.png'}"))
     sys.exit(1 if failed else 0)

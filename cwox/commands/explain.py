@@ -17,7 +17,16 @@ from pathlib import Path
 
 import click
 
-from cwox.commands.common import CommandError, model_options, topk_options, tree_option
+from cwox.commands.common import (
+    CommandError,
+    explainer_error,
+    explainer_keys,
+    explainer_params,
+    model_options,
+    param_option,
+    topk_options,
+    tree_option,
+)
 
 MODES = ("cwox2s", "cwox1sa", "cwox1sb", "swox")
 DEFAULT_TREE = Path(__file__).resolve().parent.parent / "data" / "default_tree.zarr"
@@ -98,12 +107,13 @@ def _unique_dir(out: Path, stem: str, used: set[str]) -> Path:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of randomised explainers (RISE masks).")
 @click.option("--n-masks", type=click.IntRange(min=1), default=None,
               help="RISE: number of masks N (default 5000, the CWOX public code's stage-one N).")
+@param_option
 @click.option("--support", type=click.FloatRange(0, 100), default=None,
               help="Support percentile of Eq. (2) (default: the explainer's, Grad-CAM 50, RISE 70).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="cwox-out", show_default=True,
               help="Output folder; each image gets OUT/<image-stem>/.")
 def explain(images, model, weights, device, tree_opt, explainer, role, reference_bank, why_p, rather_q,
-            other_image, mode, top_k, cum, max_k, batch_size, seed, n_masks, support, out_dir):
+            other_image, mode, top_k, cum, max_k, batch_size, seed, n_masks, param_items, support, out_dir):
     """Explain the top classes of each IMAGE (files, folders, or .txt lists of paths)."""
     from cwox.images import ImageError, collect_inputs
 
@@ -117,17 +127,20 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
     from online.engine import Engine
     from online.explainers import available_explainers
 
-    if explainer.lower() not in available_explainers():
+    explainer = explainer.lower()
+    if explainer not in available_explainers():
         raise click.UsageError(f"unknown --explainer {explainer!r}; choose one of {', '.join(available_explainers())}")
-    params = {}
+    params, dedicated = {}, {}
     if n_masks is not None:
-        if explainer.lower() != "rise":
+        if explainer != "rise":
             raise click.UsageError("--n-masks applies to --explainer rise only")
-        params["n_masks"] = n_masks
+        params["n_masks"], dedicated["n_masks"] = n_masks, "--n-masks"
     if reference_bank is not None:
-        if explainer.lower() != "fgvce":
+        if explainer != "fgvce":
             raise click.UsageError("--reference-bank applies to --explainer fgvce only")
-        params["reference_bank"] = reference_bank
+        params["reference_bank"], dedicated["reference_bank"] = reference_bank, "--reference-bank"
+    params.update(explainer_params(param_items, [explainer], option="--explainer",
+                                   dedicated={explainer: dedicated}).get(explainer, {}))
     if (rather_q or other_image) and not why_p:
         raise click.UsageError("--rather-than and --other go with --why P")
     try:
@@ -135,17 +148,17 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
     except (ValueError, OSError) as exc:
         raise CommandError(str(exc)) from exc
     if why_p:
-        sys.exit(_ask(paths, classifier, explainer.lower(), why_p, rather_q, other_image, params,
-                      batch_size, Path(out_dir)))
+        sys.exit(_ask(paths, classifier, explainer, why_p, rather_q, other_image, params,
+                      batch_size, seed, Path(out_dir), param_items))
     tree = load_tree_option(tree_opt, classifier.name, classifier.class_names)
     try:
         engine = Engine(
-            classifier, tree, explainer.lower(), mode,
+            classifier, tree, explainer, mode,
             top_k=top_k, cum=cum, max_k=max_k if cum is not None else None,
             seed=seed, batch_size=batch_size, support=support, role=role, explainer_params=params,
         )
-    except ValueError as exc:
-        raise CommandError(str(exc)) from exc
+    except (ValueError, TypeError, OSError) as exc:  # e.g. a bad -p value: the explainer's own message
+        raise explainer_error(exc, param_items) from exc
 
     from tqdm import tqdm
 
@@ -174,13 +187,16 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
         entries.append(IndexEntry.from_explanation(result, target))
         lines = [f"{path} -> {target}/ ({result.timings['total']:.2f} s)", *format_clusters(result)]
         tqdm.write("\n".join(lines))
+        for warning in result.warnings():  # e.g. an FG-VCE counterfactual that did not flip
+            tqdm.write(f"  warning: {warning}", file=sys.stderr)
     bar.close()
     index = write_index(entries, out)
     click.echo(f"{len(paths) - failed} of {len(paths)} images explained; index: {index}")
     sys.exit(1 if failed else 0)
 
 
-def _ask(paths, classifier, explainer, why_p, rather_q, other_image, params, batch_size, out) -> int:
+def _ask(paths, classifier, explainer, why_p, rather_q, other_image, params, batch_size, seed, out,
+         param_items=()) -> int:
     """``--why P [--rather-than Q | --other IMAGE2]``: the explainer's own pair of maps per image."""
     import numpy as np
 
@@ -202,9 +218,14 @@ def _ask(paths, classifier, explainer, why_p, rather_q, other_image, params, bat
         other = load_image(other_image) if other_image else None
         if batch_size is not None:
             params["batch_size"] = batch_size
-        method = get_explainer(explainer, classifier, **params)
-    except (ValueError, ImageError) as exc:
+        if "seed" in (explainer_keys(explainer) or ()):
+            params["seed"] = seed  # as the engine does
+    except (ValueError, OSError, ImageError) as exc:
         raise CommandError(str(exc)) from exc
+    try:
+        method = get_explainer(explainer, classifier, **params)
+    except (ValueError, TypeError, OSError) as exc:
+        raise explainer_error(exc, param_items) from exc
     question = f"why {'+'.join(names[i] for i in fact)}"
     if foil:
         question += f" rather than {'+'.join(names[i] for i in foil)}"

@@ -58,6 +58,14 @@ class Explainer:
         default_normalization: how :mod:`online.compose` should rescale this
             explainer's maps before subtracting them (``"none"``/``"minmax"``/``"max"``).
         default_support: the support percentile of Eq. (2) suited to its maps.
+
+    Attributes:
+        last_diagnostics: JSON-ready records of what the last call did beside its
+            maps, kind -> list of records (:mod:`online.diagnostics`), e.g. FG-VCE's
+            and CCE's counterfactuals; ``{}`` for explainers without any. Each call
+            of :meth:`contrast` starts it afresh, and so does each
+            :meth:`explain_stages` of an explainer that keeps records; the engine
+            gathers it after every call into ``Explanation.diagnostics``.
     """
 
     name: ClassVar[str] = ""
@@ -72,6 +80,7 @@ class Explainer:
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size) if batch_size is not None else default_batch_size(classifier.device)
+        self.last_diagnostics: dict[str, list[dict[str, Any]]] = {}
 
     @property
     def device(self) -> torch.device:
@@ -128,11 +137,14 @@ class Explainer:
         """Native "fact rather than foil" maps ``P x H x W``, one per pair.
 
         Checks the stage, then asks :meth:`contrast_stage`, which explainers with a
-        native contrast role (``supports_contrast``) implement.
+        native contrast role (``supports_contrast``) implement; ``last_diagnostics``
+        then holds only what this call recorded.
         """
         if type(self).contrast_stage is Explainer.contrast_stage:
             raise NotImplementedError(f"explainer {self.name!r} has no native contrast role; use explain() and subtract")
-        return self.contrast_stage(image, pairs, self.check_stage(stage))
+        stage = self.check_stage(stage)
+        self.last_diagnostics = {}
+        return self.contrast_stage(image, pairs, stage)
 
     def contrast_stage(
         self, image: torch.Tensor | Image.Image, pairs: Sequence[tuple[Target, Target]], stage: str

@@ -63,6 +63,14 @@ batch: per iteration ONE batched forward and backward (in chunks of
 ``batch_size``); counterfactuals do not depend on the stage, so both stages share
 them. The noisy copies of an image are forwarded once for all targets and both
 layers, and their per-target gradients come from one vmapped backward.
+
+Diagnostics. Each :meth:`CCE.explain_stages` / :meth:`CCE.contrast` call keeps, per
+target or pair, a JSON record of its counterfactuals in ``last_diagnostics``
+(:mod:`online.diagnostics`): the L2 norms of the perturbations against epsilon,
+the top class and ``Z_P`` (``Z_Q``) before and at each counterfactual, and how many
+counterfactuals changed the top class or made the model prefer Q. All of it comes
+from the forwards the maps run anyway (the counterfactuals' logits are those of
+the Eq. 3-4 pass), so it costs no extra pass.
 """
 
 from __future__ import annotations
@@ -77,6 +85,7 @@ from PIL import Image
 from cwox.batching import batch_slices
 from cwox.models import Classifier
 from online.compose import normalize_maps
+from online.diagnostics import CCE_KEY, cce_record, target_json
 from online.explainers.base import (
     Explainer,
     capture_activations,
@@ -238,20 +247,31 @@ class CCE(Explainer):
     def explain_stages(
         self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]
     ) -> dict[str, torch.Tensor]:
-        """Maps for several stages; a target asked at both stages shares its counterfactuals."""
+        """Maps for several stages; a target asked at both stages shares its counterfactuals.
+
+        ``last_diagnostics["cce_counterfactuals"]`` gets one record per (stage,
+        target), stage by stage (:func:`online.diagnostics.cce_record`): the
+        counterfactuals of Eq. (1), their L2 norms and what they did to the logits.
+        """
+        self.last_diagnostics = {}
         x = self.prepare(image)
         wanted = self.checked_requests(requests)
         if not wanted:
             return {}
         ((_, union, rows),) = stage_groups(wanted)  # counterfactuals do not depend on the stage
         layers = list(dict.fromkeys(self.layers[s] for s in wanted))
-        maps = self._answer(x.unsqueeze(0), [Question(t) for t in union], layers)
+        maps, summaries = self._answer(x.unsqueeze(0), [Question(t) for t in union], layers)
+        self._record({s: [summaries[i] for i in r] for s, r in rows.items()})
         return {s: maps[self.layers[s]][self.base_map][r] for s, r in rows.items()}
 
     def contrast_stage(
         self, image: torch.Tensor | Image.Image, pairs: Sequence[tuple[Target, Target]], stage: str
     ) -> torch.Tensor:
-        """``contrast_map`` of "why P rather than Q?" (Eq. 2) per (P, Q) pair, ``P x H x W``."""
+        """``contrast_map`` of "why P rather than Q?" (Eq. 2) per (P, Q) pair, ``P x H x W``.
+
+        ``last_diagnostics["cce_counterfactuals"]`` gets one record per pair, in order.
+        """
+        self.last_diagnostics = {}
         x = self.prepare(image)
         if isinstance(pairs, tuple) and len(pairs) == 2 and not isinstance(pairs[0], tuple):
             raise TypeError("pairs must be a sequence of (fact, foil) tuples, e.g. [(281, 282)]")
@@ -259,7 +279,16 @@ class CCE(Explainer):
         if not questions:
             raise ValueError("no (fact, foil) pairs given")
         layer = self.layers[stage]
-        return self._answer(x.unsqueeze(0), questions, [layer])[layer][self.contrast_map]
+        maps, summaries = self._answer(x.unsqueeze(0), questions, [layer])
+        self._record({stage: summaries})
+        return maps[layer][self.contrast_map]
+
+    def _record(self, by_stage: Mapping[str, Sequence[dict[str, Any]]]) -> None:
+        """Keep the summaries of the questions asked at each stage as ``last_diagnostics``."""
+        names = self.classifier.class_names
+        self.last_diagnostics = {
+            CCE_KEY: [cce_record(stage, summary, names) for stage, summaries in by_stage.items() for summary in summaries]
+        }
 
     # ---- the direct question -------------------------------------------------------
 
@@ -299,7 +328,7 @@ class CCE(Explainer):
             first = self._question(fact, foil)
             questions = [first, Question(first.foil, first.fact, image=1)]  # type: ignore[arg-type]
             images = torch.stack([x, y])
-        maps = self._answer(images, questions, [layer])[layer]
+        maps = self._answer(images, questions, [layer])[0][layer]
         out = {kind: maps[kind][0] for kind in MAP_KINDS}
         if other is not None:
             out.update({f"other_{kind}": maps[kind][1] for kind in MAP_KINDS})
@@ -464,12 +493,18 @@ class CCE(Explainer):
         return logits.float().masked_fill(member == 0, float("-inf")).logsumexp(1)
 
     def _representations(
-        self, inputs: torch.Tensor, member: torch.Tensor, layers: Sequence[str]
+        self,
+        inputs: torch.Tensor,
+        member: torch.Tensor,
+        layers: Sequence[str],
+        logits_out: list[torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """``R_t(x)`` of Eq. (3)-(4) for row-wise targets: ``B x h x w`` per layer.
 
         ``member`` is ``B x C``: row b's target. One forward and one backward per
         chunk of ``batch_size`` rows (the summed score gives each row its own gradient).
+        The forwards' logits are appended to ``logits_out`` (one tensor per chunk)
+        when it is given.
         """
         out: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
         module = self.classifier.module
@@ -477,6 +512,8 @@ class CCE(Explainer):
             with capture_activations(module, layers) as acts, torch.enable_grad():
                 logits = module(inputs[sl].detach().requires_grad_(True))
                 check_activations(acts, layers)
+                if logits_out is not None:
+                    logits_out.append(logits.detach().float())
                 scores = self._row_scores(logits, member[sl]).sum()
                 grads = torch.autograd.grad(scores, [acts[name] for name in layers])
                 for name, g in zip(layers, grads, strict=True):
@@ -535,8 +572,9 @@ class CCE(Explainer):
 
     def _answer(
         self, images: torch.Tensor, questions: Sequence[Question], layers: Sequence[str]
-    ) -> dict[str, dict[str, torch.Tensor]]:
-        """Positive, negative and mixed maps (``Q x H x W``) of every question, per layer."""
+    ) -> tuple[dict[str, dict[str, torch.Tensor]], list[dict[str, Any]]]:
+        """Positive, negative and mixed maps (``Q x H x W``) of every question, per layer,
+        and a summary of each question's counterfactuals (:meth:`_summaries`)."""
         x01, lo, hi, z0, starts, noise = self._setup(images)
         deltas = self._pgd(questions, x01, lo, hi, z0, starts)  # Q x N x 3 x H x W
         nq, ns = deltas.shape[:2]
@@ -544,7 +582,9 @@ class CCE(Explainer):
         # R_t at every counterfactual (Eq. 3, 4), t = the question's represented class.
         cf_inputs = self._normalize(x01[[q.image for q in questions]].unsqueeze(1) + deltas).flatten(0, 1)
         member = membership_matrix([q.represented for q in questions], n_cls, self.device)
-        r_cf = self._representations(cf_inputs, member.repeat_interleave(ns, dim=0), layers)
+        cf_logits: list[torch.Tensor] = []
+        r_cf = self._representations(cf_inputs, member.repeat_interleave(ns, dim=0), layers, cf_logits)
+        summaries = self._summaries(questions, deltas, z0, torch.cat(cf_logits).view(nq, ns, -1))
         # Rbar_t(x_0) (Eq. 5): per image, one pass over its noisy copies for all its targets.
         r_bar: dict[str, torch.Tensor] = {}
         for i in range(images.shape[0]):
@@ -567,6 +607,56 @@ class CCE(Explainer):
             negative = _unit_maps(promoted, size)
             mixed = self.alpha * positive + (1.0 - self.alpha) * negative  # appendix: M_p
             out[name] = {"positive": positive, "negative": negative, "mixed": mixed}
+        return out, summaries
+
+    def _summaries(
+        self, questions: Sequence[Question], deltas: torch.Tensor, z0: torch.Tensor, z_cf: torch.Tensor
+    ) -> list[dict[str, Any]]:
+        """What each question's counterfactuals did, from tensors :meth:`_answer` has anyway.
+
+        Per question: the L2 norms of its ``N`` perturbations ``||x_0 - x_c||_2``
+        (bounded by epsilon in Eq. 1, 2), the top class before and at each
+        counterfactual, and the objective's terms ``Z_P`` (and ``Z_Q``) before and
+        after, as logits (a compound class: logsumexp of its members', as PGD
+        uses) and probabilities (sums). ``z0``: ``images x C`` original logits;
+        ``z_cf``: ``Q x N x C`` logits at the counterfactuals (the forwards of Eq. 3-4).
+        """
+        l2 = deltas.flatten(2).norm(dim=2).tolist()  # Q x N
+        out = []
+        for k, q in enumerate(questions):
+            before, after = z0[q.image].float(), z_cf[k].float()  # C, N x C
+            p_before, p_after = torch.softmax(before, -1), torch.softmax(after, -1)
+            top1, tops = int(before.argmax()), after.argmax(-1).tolist()
+            fact = list(members(q.fact))
+            summary: dict[str, Any] = {
+                "fact": target_json(q.fact),
+                "foil": None if q.foil is None else target_json(q.foil),
+                "epsilon": self.epsilon,
+                "l2": l2[k],
+                "top1_before": top1,
+                "top1_after": tops,
+                "changed_top1": sum(t != top1 for t in tops),
+                "reached_foil": None,
+                "fact_logit_before": float(before[fact].logsumexp(-1)),
+                "fact_logit_after": after[:, fact].logsumexp(-1).tolist(),
+                "fact_prob_before": float(p_before[fact].sum()),
+                "fact_prob_after": p_after[:, fact].sum(-1).tolist(),
+                "foil_logit_before": None,
+                "foil_logit_after": None,
+                "foil_prob_before": None,
+                "foil_prob_after": None,
+            }
+            if q.foil is not None:
+                foil = list(members(q.foil))
+                foil_after = p_after[:, foil].sum(-1)
+                summary.update(
+                    reached_foil=int((foil_after > p_after[:, fact].sum(-1)).sum()),
+                    foil_logit_before=float(before[foil].logsumexp(-1)),
+                    foil_logit_after=after[:, foil].logsumexp(-1).tolist(),
+                    foil_prob_before=float(p_before[foil].sum()),
+                    foil_prob_after=foil_after.tolist(),
+                )
+            out.append(summary)
         return out
 
 

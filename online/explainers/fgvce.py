@@ -72,7 +72,11 @@ Contrast role (``supports_contrast``): "P rather than Q" is the signed map
 ``M_inv - M_dom`` (P's evidence the counterfactual had to remove, minus the
 evidence for Q it had to bring in). When the model prefers Q to P on the image,
 the counterfactual runs the other way (Q into P) and the map is
-``M_dom - M_inv`` of that run, so positive is always "for P".
+``M_dom - M_inv`` of that run, so positive is always "for P". Each pair's loop
+report (steps, flipped or why it stopped, candidate pool) is kept as a JSON record
+in ``last_diagnostics`` (:mod:`online.diagnostics`), which the engine copies into
+``Explanation.diagnostics``: a map from a loop that did not flip is the map of a
+failed search, and ``Explanation.warnings()`` says so.
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ from PIL import Image
 from cwox.batching import batch_slices
 from cwox.models import Classifier
 from cwox.split import ModelSplit, split_at
+from online.diagnostics import FGVCE_KEY, fgvce_record, target_json
 from online.explainers.base import Explainer, register, stage_groups, upsample
 from online.targets import Target, as_target, members, membership_matrix
 from store.reference_bank import ReferenceBank, load_reference_bank
@@ -218,8 +223,7 @@ class CounterfactualReport:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for key in ("source", "goal"):
-            t = getattr(self, key)
-            d[key] = t if isinstance(t, int) else sorted(t)
+            d[key] = target_json(getattr(self, key))
         d["positions"] = [list(p) for p in self.positions]
         return d
 
@@ -349,7 +353,11 @@ class FGVCE(Explainer):
     def explain_stages(
         self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]
     ) -> dict[str, torch.Tensor]:
-        """Maps for several stages; stages on the same layer share one set of partitions."""
+        """Maps for several stages; stages on the same layer share one set of partitions.
+
+        The base role runs no counterfactual: ``last_diagnostics`` becomes empty.
+        """
+        self.last_diagnostics = {}
         x = self.prepare(image)
         out: dict[str, torch.Tensor] = {}
         for layer, union, rows in stage_groups(self.checked_requests(requests), self.layers.__getitem__):
@@ -390,7 +398,13 @@ class FGVCE(Explainer):
         Every pair runs its replacement loop at the bank's layer (the paper
         replaces features of the last convolutional layer only, so both stages
         use it); the loops of all pairs share their batches.
+
+        ``last_diagnostics["fgvce_counterfactuals"]`` gets one record per pair, in
+        order (:func:`online.diagnostics.fgvce_record`): the loop's
+        :class:`CounterfactualReport` (Eq. 5-9), whether it flipped, why it
+        stopped, whether its candidates came from the goal's classes.
         """
+        self.last_diagnostics = {}
         x = self.prepare(image)
         checked = [self._check_pair(fact, foil) for fact, foil in pairs]
         if not checked:
@@ -408,10 +422,16 @@ class FGVCE(Explainer):
         unique = list(dict.fromkeys(questions))
         answers = dict(zip(unique, self._counterfactuals(x, unique), strict=True))
         results = [answers[q] for q in questions]
-        maps = []
-        for res, backwards in zip(results, flipped_dir):
+        maps, records = [], []
+        for (fact, foil), res, backwards in zip(checked, results, flipped_dir, strict=True):
             m = res["invariant"] - res["dominant"]
             maps.append(-m if backwards else m)
+            records.append(
+                fgvce_record(
+                    stage, fact, foil, backwards, self.bank.layer, res["report"].as_dict(), self.classifier.class_names
+                )
+            )
+        self.last_diagnostics = {FGVCE_KEY: records}
         return torch.stack(maps)
 
     def why(
