@@ -77,6 +77,7 @@ def run_one(
     from skimage import data
 
     from cwox.models import load_model
+    from online.diagnostics import FGVCE_KEY, question_text
     from online.engine import Engine
     from online.explainers import get_explainer
     from online.targets import cut_clusters, plan_targets, top_k
@@ -156,6 +157,12 @@ def run_one(
         "passes_single": single_passes,
         "passes_whole": passes,
         "timings": exp.timings,
+        # What each native contrast question did (FG-VCE's loops: steps, flipped, pool).
+        "questions": [
+            {"question": question_text(r), "stage": r["stage"], "steps": r["steps"], "flipped": r["flipped"],
+             "pool": r["pool"]}
+            for r in exp.diagnostics.get(FGVCE_KEY, [])
+        ],
         "rss_mib": peak_rss_mib(),
         "cuda_peak_mib": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
     }
@@ -192,6 +199,9 @@ def _report(r: dict[str, Any]) -> str:
               + ("" if cs["passes"] is None else f"; {cs['passes']} passes") + ")")
     if r["passes_single"] is not None:
         print(f"  forward passes:       one map {r['passes_single']}, whole {r['passes_whole']}")
+    for q in r.get("questions", []):
+        print(f"  question ({q['stage']}) {q['question']}: {q['steps']} steps, "
+              f"{'flipped' if q['flipped'] else 'did not flip'}, candidates from {q['pool']}")
     mem = f"{r['rss_mib']:.0f} MiB RSS" + ("" if r["cuda_peak_mib"] is None else f", {r['cuda_peak_mib']:.0f} MiB GPU")
     print(f"  peak memory: {mem}")
     settings = ", ".join(

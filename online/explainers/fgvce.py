@@ -612,24 +612,27 @@ class FGVCE(Explainer):
             total[pq, slot] = sim + l_cls  # Eq. 8
             reached[pq, slot] = self._reached(probs, src_m[pq], goal_m[pq], pair_rule[pq])
             p_src[pq, slot], p_goal[pq, slot] = ps, pg
-            best = total.argmax(dim=1)  # Eq. 9
-            for i in active.tolist():
-                k = int(best[i])
-                row = int(pool[i, k])
-                y, xx = int(ty[i]), int(tx[i])
-                h[i, :, y, xx] = cand[row]
-                replaced[i, y * w + xx] = True
-                state[i] = tuple(sorted((*state[i], (y * w + xx, row))))
+            # Eq. 9, for every open question at once; one transfer to the host per step
+            # (on CUDA, element-wise reads would wait for the device once per value).
+            k = total[active].argmax(dim=1)
+            rows, pos = pool[active, k], target_pos[active]
+            h[active, :, ty[active], tx[active]] = cand[rows]
+            replaced[active, pos] = True
+            got = reached[active, k]
+            done[active] = got
+            moves = torch.stack([rows, pos, cand_labels[rows], got.long()], 1).tolist()
+            probs_k = torch.stack([p_src[active, k], p_goal[active, k]], 1).tolist()
+            for i, (row, at, label, flipped), (ps, pg) in zip(active.tolist(), moves, probs_k, strict=True):
+                state[i] = tuple(sorted((*state[i], (at, row))))
                 rep = reports[i]
                 rep.steps += 1
-                rep.positions.append((y, xx))
+                rep.positions.append(divmod(at, w))
                 rep.candidates.append(row)
-                rep.candidate_classes.append(int(cand_labels[row]))
-                rep.source_probs.append(float(p_src[i, k]))
-                rep.goal_probs.append(float(p_goal[i, k]))
-                if bool(reached[i, k]):
+                rep.candidate_classes.append(label)
+                rep.source_probs.append(ps)
+                rep.goal_probs.append(pg)
+                if flipped:
                     rep.flipped, rep.stopped = True, "flipped"
-                    done[i] = True
         for rep in reports:
             rep.stopped = rep.stopped or "step limit"
 
