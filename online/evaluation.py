@@ -21,7 +21,9 @@ decides (:func:`evaluate_image`).
 All modes of one image share ONE clean forward pass and ONE call of the explainer's
 :meth:`~online.explainers.base.ExplainSession.explain_stages` on the union of the
 targets every mode needs (:func:`explain_modes`); the modes only differ in how those
-base maps are composed (Eq. 1 and 2 for CWOX-2s, :mod:`online.compose`).
+base maps are composed (Eq. 1 and 2 for CWOX-2s, :mod:`online.compose`). An explainer
+with a native contrast role (CCE, SUNY, FG-VCE with a reference bank) answers CWOX-2s's
+"P rather than Q" pairs itself unless ``role="base"`` (:class:`EvaluationSetup`).
 
 The result is a flat list of row dicts (:data:`ROW_FIELDS`), one per image, explainer,
 mode, pair and metric; :func:`summarize` turns it into tables shaped like the paper's
@@ -45,7 +47,7 @@ from PIL import Image
 from cwox.images import ImageError, load_image
 from cwox.models import Classifier
 from online.compose import compose, normalize_maps
-from online.engine import Engine
+from online.engine import ROLES, Engine
 from online.explanation import Explanation
 from online.metrics import causal_curves, contrastive_scores, n_salient
 from online.targets import MODES, Target, cut_clusters, plan_targets, top_k
@@ -117,6 +119,11 @@ class EvaluationSetup:
         explainer_params: explainer name -> keyword arguments (e.g. RISE ``n_masks``).
         seed: seeds randomised explainers (RISE masks).
         batch_size: forward-pass batch size of explainers and metrics (None: device default).
+        role: how CWOX-2s uses an explainer with a native contrast role (CCE, SUNY,
+            FG-VCE with a bank): ``"auto"`` (its native "P rather than Q" maps when it
+            has them, as :class:`~online.engine.Engine` does), ``"base"`` (always the
+            subtraction of base maps, Eq. 1-2) or ``"contrast"`` (native maps; every
+            evaluated explainer must have them).
     """
 
     explainers: tuple[str, ...] = ("gradcam", "rise")
@@ -130,6 +137,7 @@ class EvaluationSetup:
     explainer_params: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     seed: int = 0
     batch_size: int | None = None
+    role: str = "auto"
 
     @classmethod
     def build(
@@ -146,6 +154,7 @@ class EvaluationSetup:
         explainer_params: dict[str, dict[str, Any]] | None = None,
         seed: int = 0,
         batch_size: int | None = None,
+        role: str = "auto",
     ) -> EvaluationSetup:
         """Validate the arguments; raises ValueError with the allowed values."""
         from online.explainers import available_explainers
@@ -163,6 +172,7 @@ class EvaluationSetup:
             raise ValueError(f"step must be >= 1, got {step}")
         if substrate not in ("zero", "blur"):
             raise ValueError(f"substrate must be 'zero' or 'blur', got {substrate!r}")
+        role = _check_choice([role], ROLES, "role")[0]
         params = dict(explainer_params or {})
         unknown = sorted(set(params) - set(names))
         if unknown:
@@ -180,6 +190,7 @@ class EvaluationSetup:
             explainer_params=frozen,
             seed=int(seed),
             batch_size=batch_size,
+            role=role,
         )
 
     def params_of(self, explainer: str) -> dict[str, Any]:
@@ -197,6 +208,7 @@ class EvaluationSetup:
                 max_k=self.max_k,
                 seed=self.seed,
                 batch_size=self.batch_size,
+                role=self.role,
                 explainer_params=self.params_of(name) or None,
             )
             for name in self.explainers
@@ -232,7 +244,7 @@ def explain_modes(
                 have.extend(t for t in targets if t not in have)
         base = session.explain_stages({s: t for s, t in union.items() if t})
         contrasts: dict[str, dict[str, torch.Tensor]] = {}
-        if explainer.supports_contrast:
+        if engine.role == "contrast":  # the engine resolved "auto" by what the explainer has
             for m, plan in plans.items():
                 contrasts[m] = {s: session.contrast(p, stage=s) for s, p in plan.contrast_pairs().items()}
     base = {s: normalize_maps(m.float(), engine.normalization) for s, m in base.items()}
@@ -423,6 +435,7 @@ def evaluate_images(
     explainer_params: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
     batch_size: int | None = None,
+    role: str = "auto",
     client=None,
     model_spec=None,
     progress: bool = True,
@@ -439,6 +452,8 @@ def evaluate_images(
             samples the CAUC curve, see :mod:`online.metrics.contrastive`).
         explainer_params: per-explainer keyword arguments, e.g. ``{"rise": {"n_masks": 500}}``.
         seed, batch_size: explainer seed and forward batch size.
+        role: ``"auto"``, ``"base"`` or ``"contrast"``: whether CWOX-2s takes a native
+            contrast explainer's own "P rather than Q" maps (see :class:`EvaluationSetup`).
         client: a :class:`distributed.Client`: one task per image, the model loaded once
             per worker from ``model_spec`` (an :class:`offline.worker.ModelSpec`).
         progress: show a tqdm progress bar.
@@ -450,7 +465,7 @@ def evaluate_images(
     setup = EvaluationSetup.build(
         explainers=explainers, modes=modes, metrics=metrics, cum=cum, max_k=max_k, delta=delta,
         step=step, substrate=substrate, explainer_params=explainer_params, seed=seed,
-        batch_size=batch_size,
+        batch_size=batch_size, role=role,
     )
     paths = [str(p) for p in images]
     from tqdm.auto import tqdm
@@ -517,6 +532,7 @@ def summarize(
     rows: Sequence[dict[str, Any]],
     confidence: float = 0.95,
     explainer_params: Mapping[str, Mapping[str, Any]] | None = None,
+    role: str = "auto",
 ) -> str:
     """Markdown tables shaped like the CWOX paper's Tables 1-3 (mean ± t-interval half-width).
 
@@ -549,6 +565,10 @@ def summarize(
         lines += ["Explainer parameters: " + "; ".join(
             f"{n} " + ", ".join(f"{k}={v!r}" for k, v in sorted(p.items())) for n, p in given.items()
         ) + ".", ""]
+    if role != "auto":
+        how = ("subtracts base maps (Eq. 1, 2) for every explainer" if role == "base"
+               else "takes every explainer's native 'P rather than Q' maps")
+        lines += [f"Role: {role} (CWOX-2s {how}).", ""]
 
     def values(explainer: str, mode: str, metric: str, field: str = "value") -> list[float]:
         return [float(r[field]) for r in good
@@ -644,6 +664,7 @@ def plot_curves(
     max_k: int = 5,
     seed: int = 0,
     batch_size: int | None = None,
+    role: str = "auto",
 ) -> Path:
     """Fig. 6 of the CWOX paper: ``P(c)``, ``P(C')`` and ``s(r)`` (Eq. 3) vs deleted pixels.
 
@@ -657,7 +678,7 @@ def plot_curves(
 
     from online.metrics import contrastive_curve
 
-    engine = Engine(classifier, tree, explainer, "cwox2s", cum=cum, max_k=max_k, seed=seed,
+    engine = Engine(classifier, tree, explainer, "cwox2s", cum=cum, max_k=max_k, seed=seed, role=role,
                     batch_size=batch_size, explainer_params=explainer_params or None)
     x, exps = explain_modes(engine, image, modes)
     first = next(iter(exps.values()))

@@ -183,3 +183,43 @@ def test_library_rejects_unknown_names(default_classifier):
     with pytest.raises(ValueError, match="explainer_params for explainers not evaluated"):
         evaluate_images(default_classifier, [], None, explainers=["gradcam"],
                         explainer_params={"rise": {"n_masks": 8}}, progress=False)
+
+
+def test_role_decides_whether_cwox2s_takes_native_contrasts(setup, default_classifier):
+    """``role``: "auto" gives CWOX-2s the explainer's own "P rather than Q" maps, "base" the subtraction."""
+    from skimage import data
+
+    from online.engine import Engine
+    from online.evaluation import EvaluationSetup, explain_modes
+    from pipelines.photos import photo_crop_bank
+
+    clf = default_classifier
+    image = Image.fromarray(data.chelsea())
+    params = {"reference_bank": photo_crop_bank(clf), "max_steps": 2, "class_layer": clf.cluster_layer}
+    maps = {}
+    for role in ("auto", "base"):
+        engine = EvaluationSetup.build(explainers=["fgvce"], explainer_params={"fgvce": params}, role=role).engines(
+            clf, setup["tree"])["fgvce"]
+        _, exps = explain_modes(engine, image, ("swox", "cwox2s"))
+        ref = Engine(clf, setup["tree"], "fgvce", "cwox2s", cum=0.95, max_k=5, explainer_params=params,
+                     role="contrast" if role == "auto" else "base").explain(image)
+        np.testing.assert_allclose(exps["cwox2s"].class_maps, ref.class_maps, rtol=1e-5, atol=1e-7)
+        maps[role] = exps
+    np.testing.assert_array_equal(maps["auto"]["swox"].class_maps, maps["base"]["swox"].class_maps)
+    assert not np.allclose(maps["auto"]["cwox2s"].class_maps, maps["base"]["cwox2s"].class_maps)
+    with pytest.raises(ValueError, match="role"):
+        EvaluationSetup.build(role="native")
+
+
+def test_cli_role_is_recorded(setup):
+    import json
+
+    out = setup["root"] / "out-role"
+    res = CliRunner().invoke(main, [
+        "evaluate", str(setup["photos"] / "chelsea.jpg"), "--tree", str(setup["store"]), "--device", "cpu",
+        "--explainers", "gradcam", "--modes", "cwox2s", "--metrics", "cauc", "--step", str(STEP),
+        "--role", "base", "--no-plot", "--quiet", "--out", str(out),
+    ], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "settings.json").read_text())["role"] == "base"
+    assert "Role: base (CWOX-2s subtracts base maps" in (out / "summary.md").read_text()

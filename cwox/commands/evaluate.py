@@ -70,6 +70,9 @@ def _check_list(value: str, allowed, option: str) -> list[str]:
 @click.option("--substrate", type=click.Choice(["zero", "blur"]), default="zero", show_default=True)
 @click.option("--n-masks", type=click.IntRange(min=1), default=None, help="RISE masks (default: RISE's).")
 @param_option
+@click.option("--role", type=click.Choice(("auto", "base", "contrast")), default="auto", show_default=True,
+              help="CWOX-2s with cce, suny or fgvce (with a bank): auto/contrast use the explainer's own "
+                   "'P rather than Q' maps, base subtracts its saliency maps (Eq. 1, 2).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of randomised explainers.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per forward pass.")
 @click.option("--scheduler", default=None, help="Spread images over this Dask scheduler (tcp://host:port).")
@@ -82,7 +85,7 @@ def _check_list(value: str, allowed, option: str) -> list[str]:
 @click.option("--no-plot", is_flag=True, help="Do not draw curves.png.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate(images, model, weights, device, tree_opt, explainers, modes, metrics, cum, max_k, delta,
-             step, substrate, n_masks, param_items, seed, batch_size, scheduler, workers, limit, out_dir,
+             step, substrate, n_masks, param_items, role, seed, batch_size, scheduler, workers, limit, out_dir,
              curve_points, no_plot, quiet):
     """Score the whole-output modes of each IMAGE with CAUC / CDROP (files, folders, .txt lists)."""
     from cwox.images import collect_inputs
@@ -119,7 +122,7 @@ def evaluate(images, model, weights, device, tree_opt, explainers, modes, metric
     tree = load_tree_option(tree_opt, classifier.name, classifier.class_names)
     setup_kwargs = dict(explainers=names, modes=modes, metrics=metrics, cum=cum, max_k=max_k, delta=delta,
                         step=step, substrate=substrate, explainer_params=params or None, seed=seed,
-                        batch_size=batch_size)
+                        batch_size=batch_size, role=role)
     try:
         # Every explainer is built once here, before any image (and before any Dask worker
         # builds its own): a bad parameter is a usage error with the explainer's message.
@@ -158,8 +161,8 @@ def evaluate(images, model, weights, device, tree_opt, explainers, modes, metric
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     evaluation.write_results_csv(rows, out / "results.csv")
-    (out / "summary.md").write_text(evaluation.summarize(rows, explainer_params=settings["explainer_params"]),
-                                    encoding="utf-8")
+    summary = evaluation.summarize(rows, explainer_params=settings["explainer_params"], role=role)
+    (out / "summary.md").write_text(summary, encoding="utf-8")
     (out / "settings.json").write_text(json.dumps(settings, indent=2, default=str) + "\n", encoding="utf-8")
     failed = [r for r in rows if r.get("error")]
     for r in failed:
@@ -170,7 +173,7 @@ def evaluate(images, model, weights, device, tree_opt, explainers, modes, metric
         evaluation.plot_curves(
             classifier, image, tree, explainer, target, rest, out / "curves.png", modes=modes,
             delta=delta, substrate=substrate, explainer_params=params.get(explainer), cum=cum,
-            max_k=max_k, seed=seed, batch_size=batch_size, n_points=curve_points,
+            max_k=max_k, seed=seed, batch_size=batch_size, n_points=curve_points, role=role,
         )
     n_pairs = len({(r["image"], r["class"]) for r in rows if not r.get("error")})
     click.echo(f"{len(paths) - len({r['image'] for r in failed})}/{len(paths)} images scored, "
