@@ -220,14 +220,14 @@ class Engine:
             diagnostics: dict[str, list[dict[str, Any]]] = {}
             self.explainer.last_diagnostics = {}  # nothing left over from earlier calls
             drawn = session.explain_stages(needed)
-            merge_diagnostics(diagnostics, getattr(self.explainer, "last_diagnostics", None))
+            merge_diagnostics(diagnostics, self.explainer.last_diagnostics)
             maps = _full_stacks(plan.stage_targets, needed, drawn, tuple(x.shape[-2:]), dev)
             contrasts = None
             if self.role == "contrast":
                 contrasts = {}
                 for stage, pairs in plan.contrast_pairs().items():
                     contrasts[stage] = session.contrast(pairs, stage=stage)
-                    merge_diagnostics(diagnostics, getattr(self.explainer, "last_diagnostics", None))
+                    merge_diagnostics(diagnostics, self.explainer.last_diagnostics)
             lap("maps")
 
         maps = {stage: normalize_maps(m.float(), self.normalization) for stage, m in maps.items()}
