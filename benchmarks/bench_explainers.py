@@ -5,7 +5,7 @@ registered when it runs), on the default model and skimage's chelsea, with a
 hand-made tree that puts the cats (tabby, tiger cat, Egyptian cat, lynx) in one
 level-1 cluster, one row per role the explainer has:
 
-* base role: a fresh :class:`online.engine.Engine` in ``cwox2s`` mode with
+* base role: a fresh :class:`cwox.online.engine.Engine` in ``cwox2s`` mode with
   ``role="base"`` (every cluster, complement, class and in-cluster rest, composed
   by Eq. 1-2) against a fresh explainer's ONE single-class base map,
   ``explain(x, [top-1 class], stage="cluster")``;
@@ -65,7 +65,7 @@ GOALS = {"suny": 1.5, "fgvce": 1.5}
 
 def has_contrast(name: str) -> bool:
     """Whether the explainer has a native contrast role (FG-VCE: given a reference bank)."""
-    from online.explainers import explainer_class
+    from cwox.online.explainers import explainer_class
 
     return bool(explainer_class(name).supports_contrast)
 
@@ -74,14 +74,14 @@ def run_one(
     name: str, role: str, params: dict[str, Any], device: str, batch_size: int | None, repeats: int
 ) -> dict[str, Any]:
     """Time one explainer in one role (called in a child process); returns the figures as a dict."""
+    from cwox.online.diagnostics import FGVCE_KEY, question_text
+    from cwox.online.engine import Engine
+    from cwox.online.explainers import get_explainer
+    from cwox.online.targets import cut_clusters, plan_targets, top_k
+    from cwox.pipelines.photos import photo_crop_bank
     from skimage import data
 
-    from cwox.models import load_model
-    from online.diagnostics import FGVCE_KEY, question_text
-    from online.engine import Engine
-    from online.explainers import get_explainer
-    from online.targets import cut_clusters, plan_targets, top_k
-    from pipelines.photos import photo_crop_bank
+    from cwox.core.models import load_model
 
     clf = load_model(device=device)
     dev = clf.device
@@ -239,7 +239,7 @@ def main(names, small, items, device, batch_size, repeats, timeout, roles, one, 
     if one is not None:  # child process: one explainer, figures as one JSON line
         print("RESULT " + json.dumps(run_one(one, one_role, json.loads(params_json), device, batch_size, repeats)))
         return
-    from online.explainers import available_explainers
+    from cwox.online.explainers import available_explainers
 
     known = available_explainers()
     names = names or tuple(n for n in EXPLAINERS if n in known)

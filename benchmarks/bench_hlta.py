@@ -29,8 +29,8 @@ from sklearn.metrics import adjusted_rand_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hlta import HLTA, cluster_of  # noqa: E402
-from hlta.synthetic import planted_structure, sample_documents  # noqa: E402
+from cwox.hlta import HLTA, cluster_of  # noqa: E402
+from cwox.hlta.synthetic import planted_structure, sample_documents  # noqa: E402
 
 
 def npmi_matrix(X: sp.csr_matrix) -> np.ndarray:

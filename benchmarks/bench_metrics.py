@@ -28,12 +28,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from _common import peak_rss_mib, sync
+from cwox.online.metrics import cauc_sample_weights, contrastive_scores
+from cwox.online.metrics._batch import n_salient_pixels, pixel_ranks
 from PIL import Image
 
-from cwox.devices import default_batch_size, resolve_device
-from cwox.models import load_model
-from online.metrics import cauc_sample_weights, contrastive_scores
-from online.metrics._batch import n_salient_pixels, pixel_ranks
+from cwox.core.devices import default_batch_size, resolve_device
+from cwox.core.models import load_model
 
 
 def gradient_maps(

@@ -23,11 +23,11 @@ from pathlib import Path
 import click
 import torch
 from _common import cats_tree, peak_mib, reset_peak, timed
+from cwox.online.engine import Engine
+from cwox.online.explainers import get_explainer
 from PIL import Image
 
-from cwox.models import load_model
-from online.engine import Engine
-from online.explainers import get_explainer
+from cwox.core.models import load_model
 
 
 def _compare(single, whole, device: torch.device, repeats: int) -> dict[str, object]:
@@ -71,7 +71,7 @@ def main(n_masks, device, batch_size, tree_path, repeats, explainers):
     x = clf.preprocess(photo).to(dev)
     default = Path(__file__).resolve().parents[1] / "cwox" / "data" / "default_tree.zarr"
     if tree_path or default.exists():
-        from store.trees import load_tree
+        from cwox.store.trees import load_tree
 
         tree = load_tree(tree_path or default)
         tree_name = str(tree_path or "default")

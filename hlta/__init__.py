@@ -1,7 +1,7 @@
 """Hierarchical latent tree analysis (PEM-HLTA) over class-label documents.
 
 ``HLTA`` learns a hierarchical latent tree over class labels from binary
-documents (CWOX Section 3); :mod:`hlta.tree` holds the tree contract shared with
+documents (CWOX Section 3); :mod:`cwox.hlta.tree` holds the tree contract shared with
 ``store`` and ``online``.
 """
 

@@ -4,14 +4,14 @@ Algorithm (Chen et al. 2017, "Latent tree models for hierarchical topic
 detection", PEM-HLTA; used by CWOX Section 3 to learn the class-label tree):
 
 1. Level 1: partition the labels into islands by the unidimensionality test
-   (:mod:`hlta.islands`), each island an LCM with one binary latent.
+   (:mod:`cwox.hlta.islands`), each island an LCM with one binary latent.
 2. Hard-assign each island latent its MAP state per document; these binary
    variables are the data of the next level. Repeat until at most ``max_top``
    latents remain at a level (or a level makes no progress).
 3. Join the top latents by a maximum spanning tree over their empirical mutual
    information (bridging), root it, and stack all levels into one tree.
 4. Run EM over the whole model (a few iterations), exactly and sparsely
-   (:mod:`hlta.inference`).
+   (:mod:`cwox.hlta.inference`).
 
 Only the top level is bridged in the final model (lower levels are linked
 through their parents), as in PEM-HLTA. Because our hard assignment uses each
@@ -78,7 +78,7 @@ class HLTA(BaseEstimator):
     Attributes
     ----------
     tree_ : networkx.DiGraph
-        The fitted latent tree (see :mod:`hlta.tree` for the contract).
+        The fitted latent tree (see :mod:`cwox.hlta.tree` for the contract).
     loglik_ : float
         Total log-likelihood of the training documents.
     bic_ : float
@@ -124,7 +124,7 @@ class HLTA(BaseEstimator):
     def _resolve_input(X, class_names):
         """Turn a matrix, a documents store or a path to one into (CSR matrix, names)."""
         if isinstance(X, str | Path):
-            from store.documents import open_documents  # written by the store engineer
+            from cwox.store.documents import open_documents  # written by the store engineer
 
             X = open_documents(X)
         if hasattr(X, "label_matrix"):
@@ -150,7 +150,7 @@ class HLTA(BaseEstimator):
         ----------
         X : scipy.sparse matrix / array (documents x labels, binary), a documents
             store (an object with ``label_matrix()`` and ``class_names``), or a path
-            to one (opened with ``store.documents.open_documents``).
+            to one (opened with ``cwox.store.documents.open_documents``).
         y : ignored
         class_names : list of str, optional
             One name per label column (default: the store's names, else ``"0".."L-1"``).
@@ -293,7 +293,7 @@ class HLTA(BaseEstimator):
             raise NotFittedError("this HLTA instance is not fitted yet; call fit() or HLTA.from_tree()")
 
     def clusters(self, labels=None, level: int = 1) -> list[list[int]]:
-        """Confusion clusters of ``labels`` at ``level`` (see :func:`hlta.tree.clusters`)."""
+        """Confusion clusters of ``labels`` at ``level`` (see :func:`cwox.hlta.tree.clusters`)."""
         self._check_fitted()
         return T.clusters(self.tree_, labels, level)
 
@@ -304,7 +304,7 @@ class HLTA(BaseEstimator):
         return T.log_likelihood(self.tree_, M) / M.shape[0]
 
     def to_pgmpy(self):
-        """The fitted tree as a pgmpy ``DiscreteBayesianNetwork`` (see :func:`hlta.tree.to_pgmpy`)."""
+        """The fitted tree as a pgmpy ``DiscreteBayesianNetwork`` (see :func:`cwox.hlta.tree.to_pgmpy`)."""
         self._check_fitted()
         return T.to_pgmpy(self.tree_)
 

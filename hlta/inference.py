@@ -133,7 +133,7 @@ class CompiledTree:
 
 
 def compile_tree(tree: nx.DiGraph) -> CompiledTree:
-    """Compile a contract tree (see :mod:`hlta.tree`) into arrays; every cpt must be set."""
+    """Compile a contract tree (see :mod:`cwox.hlta.tree`) into arrays; every cpt must be set."""
     roots = [n for n, d in tree.in_degree() if d == 0]
     if len(roots) != 1:
         raise ValueError(f"tree must have exactly one root, found {len(roots)}")

@@ -268,7 +268,7 @@ def log_likelihood(tree: nx.DiGraph, X) -> float:
 
     Latents are summed out by an upward pass over the unique document patterns
     (weighted by their counts), touching only each document's present labels
-    and their ancestors (see :mod:`hlta.inference`). Raises ``ValueError`` for a
+    and their ancestors (see :mod:`cwox.hlta.inference`). Raises ``ValueError`` for a
     structure-only tree (a ``cpt`` is ``None``) or a malformed ``X``.
     """
     model = compile_tree(tree)

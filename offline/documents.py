@@ -24,21 +24,21 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from tqdm.auto import tqdm
-
-import cwox
-from cwox.devices import cpu_count, worker_allocator_env
-from cwox.images import DEFAULT_MAX_PIXELS, collect_inputs
-from cwox.models import DEFAULT_MODEL, check_model_args
-from cwox.topk import TopKRule
-from offline.worker import ChunkTask, ModelSpec, model_info, process_chunk
-from store.documents import (
+from cwox.offline.worker import ChunkTask, ModelSpec, model_info, process_chunk
+from cwox.store.documents import (
     FORMAT,
     check_same_run,
     create_documents,
     inputs_digest,
     open_documents,
 )
+from tqdm.auto import tqdm
+
+import cwox
+from cwox.core.devices import cpu_count, worker_allocator_env
+from cwox.core.images import DEFAULT_MAX_PIXELS, collect_inputs
+from cwox.core.models import DEFAULT_MODEL, check_model_args
+from cwox.core.topk import TopKRule
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None) -> Ite
     n = workers or default_workers()
     # Dask's own default MALLOC_TRIM_THRESHOLD_=65536 for workers turns off glibc's
     # adaptive mmap threshold, and every batch's activations then come from fresh,
-    # zero-filled mmaps: torch ran 35% slower in such a worker. cwox.devices explains.
+    # zero-filled mmaps: torch ran 35% slower in such a worker. cwox.core.devices explains.
     environ = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in worker_allocator_env().items()}
     with dask.config.set(environ):
         cluster = LocalCluster(
@@ -182,7 +182,7 @@ def build_documents(
         out: the documents store (a Zarr directory). If it exists with the same
             settings the run resumes; with other settings it is refused unless
             ``overwrite``.
-        model, weights, device: the classifier (see :func:`cwox.models.load_model`).
+        model, weights, device: the classifier (see :func:`cwox.core.models.load_model`).
         rule: the K rule (default: top 5).
         batch_size: images per forward pass (default: per device).
         workers: LocalCluster worker processes (ignored with ``scheduler``/``client``).

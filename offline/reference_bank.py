@@ -16,12 +16,12 @@ that set offline:
    rest in batches, ``s = p(h) - p(H~)`` (Eq. 1) for the image's class, and the
    top-``m`` positions' feature vectors become candidates;
 4. the first ``per_class`` kept images of each class (in input order) form the
-   bank, which :func:`store.reference_bank.save_reference_bank` writes beside the
+   bank, which :func:`cwox.store.reference_bank.save_reference_bank` writes beside the
    documents (``DOCS.zarr/reference_bank``) or to a store of its own.
 
 :func:`build_reference_bank` runs steps 1-3 as one Dask task per chunk of input
 files (a LocalCluster by default, or a scheduler address / client), like
-:func:`offline.documents.build_documents`; given a ``classifier`` object it runs
+:func:`cwox.offline.documents.build_documents`; given a ``classifier`` object it runs
 in this process instead. :func:`bank_from_tensors` does the same on a tensor
 batch already in memory.
 """
@@ -38,14 +38,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from cwox.online.explainers.fgvce import DEFAULT_SIGMA, partition_kernels, partition_probabilities
+from cwox.store.reference_bank import DEFAULT_GROUP, ReferenceBank, save_reference_bank
 
-from cwox.batching import batch_slices
-from cwox.devices import default_batch_size
-from cwox.images import DEFAULT_MAX_PIXELS, ImageError, collect_inputs, load_image
-from cwox.models import DEFAULT_MODEL, Classifier, check_model_args
-from cwox.split import split_at
-from online.explainers.fgvce import DEFAULT_SIGMA, partition_kernels, partition_probabilities
-from store.reference_bank import DEFAULT_GROUP, ReferenceBank, save_reference_bank
+from cwox.core.batching import batch_slices
+from cwox.core.devices import default_batch_size
+from cwox.core.images import DEFAULT_MAX_PIXELS, ImageError, collect_inputs, load_image
+from cwox.core.models import DEFAULT_MODEL, Classifier, check_model_args
+from cwox.core.split import split_at
 
 __all__ = [
     "DEFAULT_PER_CLASS",
@@ -279,7 +279,7 @@ class BankTask:
 
 def process_bank_chunk(task: BankTask, classifier: Classifier | None = None) -> tuple[ImageCandidates, list[tuple[str, str]]]:
     """Decode a chunk's images, run :func:`image_candidates`; (candidates of readable images, failures)."""
-    from offline.worker import worker_model
+    from cwox.offline.worker import worker_model
 
     clf = classifier if classifier is not None else worker_model(task.model)
     tensors, ok, failures = [], [], []
@@ -407,7 +407,7 @@ def build_reference_bank(
         inputs: image files, folders (searched recursively) and list files.
         out: a Zarr store: a documents store (the bank goes to its ``group``,
             ``reference_bank`` by default) or a new path; None keeps it in memory.
-        model, weights, device: the classifier (see :func:`cwox.models.load_model`),
+        model, weights, device: the classifier (see :func:`cwox.core.models.load_model`),
             loaded once per Dask worker.
         classifier: a loaded classifier instead; the pass then runs in this process.
         labels: the images' classes, as a mapping path -> class id or name, or a
@@ -421,11 +421,11 @@ def build_reference_bank(
         batch_size: feature maps per forward pass.
         chunk_size: input files per Dask task.
         workers, scheduler, client: the Dask cluster, as in
-            :func:`offline.documents.build_documents`.
+            :func:`cwox.offline.documents.build_documents`.
         group, overwrite: where in ``out`` to write, and whether to replace a bank.
 
     Returns:
-        the :class:`~store.reference_bank.ReferenceBank` (also written to ``out``).
+        the :class:`~cwox.store.reference_bank.ReferenceBank` (also written to ``out``).
     """
     _check_settings(per_class, top_m, sigma, min_confidence)
     if int(chunk_size) < 1:
@@ -438,7 +438,7 @@ def build_reference_bank(
     if out is not None and Path(out, group or "").exists() and not overwrite:
         raise FileExistsError(f"a reference bank already exists at {Path(out, group or '')}; use overwrite")
 
-    from offline.worker import ModelSpec
+    from cwox.offline.worker import ModelSpec
 
     if classifier is not None:
         names, model_name = classifier.class_names, classifier.name
@@ -459,8 +459,8 @@ def build_reference_bank(
         layer_name = layer or classifier.cluster_layer
         n_classes = classifier.n_classes
     else:
-        from offline.documents import _maybe_client
-        from offline.worker import model_info
+        from cwox.offline.documents import _maybe_client
+        from cwox.offline.worker import model_info
 
         with _maybe_client(client, scheduler, workers) as cl:
             info = cl.submit(model_info, spec, pure=False).result()
@@ -482,7 +482,7 @@ def build_reference_bank(
 
 
 def _cluster_layer(spec: Any) -> str:
-    from offline.worker import worker_model
+    from cwox.offline.worker import worker_model
 
     return worker_model(spec).cluster_layer
 
@@ -492,6 +492,6 @@ def _class_names(spec: Any, labels: Any) -> list[str] | None:
     values = labels.values() if isinstance(labels, Mapping) else (labels or [])
     if not any(isinstance(v, str) for v in values):
         return None
-    from cwox.models import load_model
+    from cwox.core.models import load_model
 
     return load_model(spec.name, weights=spec.weights, device="cpu").class_names

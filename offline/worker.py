@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import zarr
+from cwox.offline.augment import random_view
 
-from cwox.batching import batched_forward
-from cwox.devices import default_batch_size
-from cwox.images import DEFAULT_MAX_PIXELS, ImageError, load_image
-from cwox.models import Classifier, load_model
-from cwox.topk import TopKRule
-from offline.augment import random_view
+from cwox.core.batching import batched_forward
+from cwox.core.devices import default_batch_size
+from cwox.core.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from cwox.core.models import Classifier, load_model
+from cwox.core.topk import TopKRule
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-
-from online.targets import TargetPlan
+from cwox.online.targets import TargetPlan
 
 NORMALIZATIONS = ("none", "minmax", "max")
 

@@ -5,8 +5,8 @@ CCE answer each with counterfactuals that may fall short (FG-VCE's replacement
 loop may not flip the prediction, or may draw candidates from the whole bank; a
 CCE perturbation bounded by epsilon may not reach the foil). An explainer keeps
 JSON-ready records of its last call in ``last_diagnostics``
-(:class:`online.explainers.base.Explainer`); the engine gathers them per image
-into :attr:`online.explanation.Explanation.diagnostics`, the report writes them
+(:class:`cwox.online.explainers.base.Explainer`); the engine gathers them per image
+into :attr:`cwox.online.explanation.Explanation.diagnostics`, the report writes them
 into ``explanation.json`` and ``index.html``, and :func:`diagnostic_warnings`
 turns them into sentences a user must read.
 
@@ -47,7 +47,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the records are plain JSON: no torch needed to read or write them
-    from online.targets import Target
+    from cwox.online.targets import Target
 
 __all__ = [
     "CCE_KEY",

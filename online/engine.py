@@ -7,22 +7,22 @@ Algorithm 1 of the CWOX paper, online phase:
 2. restrict the latent tree to them and cut it at level 1 into confusion
    clusters (labels absent from the tree are clusters of their own);
 3. collect EVERY target all stages of the mode need (clusters, their
-   complements, classes, their in-cluster rests: :func:`online.targets.plan_targets`)
+   complements, classes, their in-cluster rests: :func:`cwox.online.targets.plan_targets`)
    and ask the explainer for all of them at once (:meth:`ExplainSession.explain_stages`:
    Grad-CAM reuses the top-K forward for both layers and batches its backward
    passes, RISE runs one set of masked passes);
 4. compose the maps with the mode's formula (Eq. 1 and 2 for CWOX-2s,
-   :mod:`online.compose`). In the contrast role (CCE, SUNY, FG-VCE) a pair's
+   :mod:`cwox.online.compose`). In the contrast role (CCE, SUNY, FG-VCE) a pair's
    native "P rather than Q" map replaces ``H_P - H_Q``, so the base maps of
    the pairs are not drawn at all, only those the formula still reads
-   (:meth:`online.targets.TargetPlan.base_targets`: a class alone in its
+   (:meth:`cwox.online.targets.TargetPlan.base_targets`: a class alone in its
    cluster, a lone cluster); the composed maps are the same;
 5. gather what the explainer recorded beside its maps (FG-VCE's and CCE's
-   counterfactual reports, :mod:`online.diagnostics`) into
+   counterfactual reports, :mod:`cwox.online.diagnostics`) into
    ``Explanation.diagnostics``.
 
 Everything runs on ``classifier.device``; the result is an
-:class:`online.explanation.Explanation` with per-phase timings.
+:class:`cwox.online.explanation.Explanation` with per-phase timings.
 """
 
 from __future__ import annotations
@@ -36,15 +36,15 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import torch
+from cwox.online.compose import NORMALIZATIONS, compose, normalize_maps
+from cwox.online.diagnostics import merge_diagnostics
+from cwox.online.explainers import Explainer, get_explainer
+from cwox.online.explanation import Explanation
+from cwox.online.targets import MODES, cut_clusters, plan_targets, top_k
 from PIL import Image
 
-from cwox.images import load_image
-from cwox.models import Classifier
-from online.compose import NORMALIZATIONS, compose, normalize_maps
-from online.diagnostics import merge_diagnostics
-from online.explainers import Explainer, get_explainer
-from online.explanation import Explanation
-from online.targets import MODES, cut_clusters, plan_targets, top_k
+from cwox.core.images import load_image
+from cwox.core.models import Classifier
 
 #: How an explainer's maps enter the modes' formulas (see :class:`Engine`).
 ROLES = ("auto", "base", "contrast")
@@ -59,8 +59,8 @@ class Engine:
     """A reusable explainer of many photos with one model, tree and setup.
 
     Args:
-        classifier: the model (:func:`cwox.models.load_model`).
-        tree: the latent tree (contract of :mod:`hlta.tree`), or None: every
+        classifier: the model (:func:`cwox.core.models.load_model`).
+        tree: the latent tree (contract of :mod:`cwox.hlta.tree`), or None: every
             class is then its own cluster.
         explainer: a registry name (``"gradcam"``, ``"rise"``, ...) or an
             :class:`Explainer` instance.
@@ -71,7 +71,7 @@ class Engine:
         seed: seeds a randomised explainer (RISE masks).
         batch_size: the explainer's batch size (memory bound).
         support: the support percentile of Eq. (2)
-            (:func:`online.compose.support_mask`); default the explainer's
+            (:func:`cwox.online.compose.support_mask`); default the explainer's
             ``default_support`` (Grad-CAM 50, RISE 70, after the CWOX public code).
         normalization: per-map rescaling before composing; default the
             explainer's ``default_normalization`` (Grad-CAM none, RISE min-max).
@@ -125,7 +125,7 @@ class Engine:
             params = dict(explainer_params or {})
             if batch_size is not None:
                 params.setdefault("batch_size", batch_size)
-            from online.explainers import explainer_class
+            from cwox.online.explainers import explainer_class
 
             accepts = inspect.signature(explainer_class(explainer).__init__).parameters
             if "seed" in accepts:

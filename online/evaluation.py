@@ -19,9 +19,9 @@ either (it is not an error), and its explainers are not even run: one forward pa
 decides (:func:`evaluate_image`).
 
 All modes of one image share ONE clean forward pass and ONE call of the explainer's
-:meth:`~online.explainers.base.ExplainSession.explain_stages` on the union of the
+:meth:`~cwox.online.explainers.base.ExplainSession.explain_stages` on the union of the
 targets every mode needs (:func:`explain_modes`); the modes only differ in how those
-base maps are composed (Eq. 1 and 2 for CWOX-2s, :mod:`online.compose`). An explainer
+base maps are composed (Eq. 1 and 2 for CWOX-2s, :mod:`cwox.online.compose`). An explainer
 with a native contrast role (CCE, SUNY, FG-VCE with a reference bank) answers CWOX-2s's
 "P rather than Q" pairs itself unless ``role="base"`` (:class:`EvaluationSetup`).
 
@@ -42,15 +42,15 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import torch
+from cwox.online.compose import compose, normalize_maps
+from cwox.online.engine import ROLES, Engine
+from cwox.online.explanation import Explanation
+from cwox.online.metrics import causal_curves, contrastive_scores, n_salient
+from cwox.online.targets import MODES, Target, cut_clusters, plan_targets, top_k
 from PIL import Image
 
-from cwox.images import ImageError, load_image
-from cwox.models import Classifier
-from online.compose import compose, normalize_maps
-from online.engine import ROLES, Engine
-from online.explanation import Explanation
-from online.metrics import causal_curves, contrastive_scores, n_salient
-from online.targets import MODES, Target, cut_clusters, plan_targets, top_k
+from cwox.core.images import ImageError, load_image
+from cwox.core.models import Classifier
 
 __all__ = [
     "CONTRASTIVE_METRICS",
@@ -109,8 +109,8 @@ class EvaluationSetup:
     """Everything that shapes the numbers of one evaluation run (checked once).
 
     Attributes:
-        explainers: base explainer names (``online.explainers.available_explainers()``).
-        modes: whole-output modes (:data:`online.targets.MODES`).
+        explainers: base explainer names (``cwox.online.explainers.available_explainers()``).
+        modes: whole-output modes (:data:`cwox.online.targets.MODES`).
         metrics: subset of :data:`METRICS`.
         cum, max_k: the top-K rule ``K = min(max_k, Cum(cum))`` (paper: 0.95, 5).
         delta: salience threshold of ``n_delta`` (paper: 0.5).
@@ -121,7 +121,7 @@ class EvaluationSetup:
         batch_size: forward-pass batch size of explainers and metrics (None: device default).
         role: how CWOX-2s uses an explainer with a native contrast role (CCE, SUNY,
             FG-VCE with a bank): ``"auto"`` (its native "P rather than Q" maps when it
-            has them, as :class:`~online.engine.Engine` does), ``"base"`` (always the
+            has them, as :class:`~cwox.online.engine.Engine` does), ``"base"`` (always the
             subtraction of base maps, Eq. 1-2) or ``"contrast"`` (native maps; every
             evaluated explainer must have them).
     """
@@ -157,7 +157,7 @@ class EvaluationSetup:
         role: str = "auto",
     ) -> EvaluationSetup:
         """Validate the arguments; raises ValueError with the allowed values."""
-        from online.explainers import available_explainers
+        from cwox.online.explainers import available_explainers
 
         names = _check_choice(explainers, tuple(available_explainers()), "explainer")
         modes = _check_choice(modes, MODES, "mode")
@@ -315,7 +315,7 @@ def score_explanations(
 ) -> list[dict[str, Any]]:
     """Rows of every metric for every pair and mode of one image and explainer.
 
-    CAUC and CDROP: one :func:`~online.metrics.contrastive_scores` call per pair over the
+    CAUC and CDROP: one :func:`~cwox.online.metrics.contrastive_scores` call per pair over the
     heatmaps of all modes with ``n_delta="min"`` (the pair's smallest ``n_delta``, Sec. 5.1).
     The metrics API takes a single ``n_delta`` rule per call, so the per-pair minimum
     needs one call per pair; within it every mode's deletion images share the batches.
@@ -408,7 +408,7 @@ _WORKER_ENGINES: dict[tuple, tuple[Classifier, dict[str, Engine]]] = {}
 
 def _worker_evaluate(path: str, spec, tree: nx.DiGraph | None, setup: EvaluationSetup) -> list[dict[str, Any]]:
     """Dask task: explain and score one image; model and engines cached per worker process."""
-    from offline.worker import worker_model
+    from cwox.offline.worker import worker_model
 
     key = (spec, id(tree), setup)
     if key not in _WORKER_ENGINES:
@@ -449,13 +449,13 @@ def evaluate_images(
         explainers, modes, metrics: what to evaluate (see :class:`EvaluationSetup`).
         cum, max_k: ``K = min(max_k, Cum(cum))`` (paper: 0.95, 5).
         delta, step, substrate: metric settings (paper: ``delta = 0.5``; ``step`` > 1
-            samples the CAUC curve, see :mod:`online.metrics.contrastive`).
+            samples the CAUC curve, see :mod:`cwox.online.metrics.contrastive`).
         explainer_params: per-explainer keyword arguments, e.g. ``{"rise": {"n_masks": 500}}``.
         seed, batch_size: explainer seed and forward batch size.
         role: ``"auto"``, ``"base"`` or ``"contrast"``: whether CWOX-2s takes a native
             contrast explainer's own "P rather than Q" maps (see :class:`EvaluationSetup`).
         client: a :class:`distributed.Client`: one task per image, the model loaded once
-            per worker from ``model_spec`` (an :class:`offline.worker.ModelSpec`).
+            per worker from ``model_spec`` (an :class:`cwox.offline.worker.ModelSpec`).
         progress: show a tqdm progress bar.
 
     Returns:
@@ -480,7 +480,7 @@ def evaluate_images(
                 bar.update(1)
         else:
             if model_spec is None:
-                raise ValueError("evaluating on a Dask client needs model_spec (offline.worker.ModelSpec)")
+                raise ValueError("evaluating on a Dask client needs model_spec (cwox.offline.worker.ModelSpec)")
             from distributed import as_completed
 
             tree_future = client.scatter(tree, broadcast=True) if tree is not None else None
@@ -673,10 +673,9 @@ def plot_curves(
     (where CAUC stops). Drawn on a bare :class:`matplotlib.figure.Figure` with the Agg
     canvas, so no pyplot state is touched.
     """
+    from cwox.online.metrics import contrastive_curve
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from online.metrics import contrastive_curve
 
     engine = Engine(classifier, tree, explainer, "cwox2s", cum=cum, max_k=max_k, seed=seed, role=role,
                     batch_size=batch_size, explainer_params=explainer_params or None)

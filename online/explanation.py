@@ -6,8 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-
-from online.diagnostics import diagnostic_warnings
+from cwox.online.diagnostics import diagnostic_warnings
 
 
 @dataclass
@@ -36,7 +35,7 @@ class Explanation:
         extra_maps: optional named maps an explainer keeps beside the main ones
             (e.g. SUNY's necessity and sufficiency maps), name -> ``n x H x W``.
         diagnostics: JSON-ready records of what the explainer did beside its
-            maps, kind -> list of records (:mod:`online.diagnostics`): FG-VCE's
+            maps, kind -> list of records (:mod:`cwox.online.diagnostics`): FG-VCE's
             replacement loops (did each flip, why it stopped, which candidate
             pool) and CCE's counterfactuals (L2 norms, logit changes); empty for
             explainers without counterfactuals. :meth:`warnings` reads them.
@@ -84,7 +83,7 @@ class Explanation:
     def warnings(self) -> list[str]:
         """Sentences a user must read before trusting the maps, e.g. counterfactuals that failed.
 
-        Built from :attr:`diagnostics` (:func:`online.diagnostics.diagnostic_warnings`);
+        Built from :attr:`diagnostics` (:func:`cwox.online.diagnostics.diagnostic_warnings`);
         class names come from the records, else from the top classes, else the id.
         Empty when nothing needs saying (always, for explainers without diagnostics).
         """

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cwox.models import Classifier
+from cwox.core.models import Classifier
 
 #: The explainers with a native ``why`` and the maps each one's answer is known by.
 QUESTION_MAPS = {"cce": ("positive", "negative"), "suny": ("sufficiency", "necessity"),
@@ -77,10 +77,9 @@ def write_question_report(
     order: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write ``why.png``, ``why.npz`` and ``why.json`` for one answered question."""
+    from cwox.online.render import dimmed_photo, overlay, scale_map
+    from cwox.online.report import to_jsonable
     from matplotlib.figure import Figure
-
-    from online.render import dimmed_photo, overlay, scale_map
-    from online.report import to_jsonable
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Drawing an :class:`~online.explanation.Explanation` as one picture, laid out like CWOX Fig. 3.
+"""Drawing an :class:`~cwox.online.explanation.Explanation` as one picture, laid out like CWOX Fig. 3.
 
 The figure reads left to right and top to bottom:
 
@@ -36,8 +36,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-
-from online.explanation import Explanation
+from cwox.online.explanation import Explanation
 
 #: Heatmap colours; perceptually uniform and distinct from the page's own colours.
 DEFAULT_CMAP = "inferno"

@@ -1,12 +1,12 @@
 """The files ``explain`` writes for each image, and one HTML index over all of them.
 
-:func:`write_report` writes three files for one :class:`~online.explanation.Explanation`:
+:func:`write_report` writes three files for one :class:`~cwox.online.explanation.Explanation`:
 
 ``explanation.json``
     :meth:`Explanation.to_json` plus the names of the files written, pretty-printed
     strict JSON (non-finite numbers become ``null``); with the explainer's
     ``diagnostics`` (FG-VCE's and CCE's counterfactual records,
-    :mod:`online.diagnostics`) and the ``warnings`` drawn from them.
+    :mod:`cwox.online.diagnostics`) and the ``warnings`` drawn from them.
 ``maps.npz``
     the arrays, compressed: ``image``, ``class_maps``, ``cluster_maps`` (only when
     the mode has a cluster stage), ``classes``, ``class_names``, ``probs``, each
@@ -15,7 +15,7 @@
     ``cluster_members[cluster_offsets[i]:cluster_offsets[i + 1]]`` are the class
     ids of cluster ``i`` in their order (a ragged array in CSR form).
 ``grid.png``
-    the picture laid out like CWOX Fig. 3 (see :mod:`online.render`).
+    the picture laid out like CWOX Fig. 3 (see :mod:`cwox.online.render`).
 
 :func:`load_report` reads them back into an ``Explanation``. :func:`write_index`
 writes ``index.html``, a static page (inline CSS, no script, no external URL) with
@@ -40,10 +40,9 @@ from typing import IO, Any
 from urllib.parse import quote
 
 import numpy as np
-
-from online.diagnostics import CCE_KEY, FGVCE_KEY, diagnostic_warnings, question_text
-from online.explanation import Explanation
-from online.render import as_rgb_uint8, check_maps, draw_grid, format_prob, panel_letter
+from cwox.online.diagnostics import CCE_KEY, FGVCE_KEY, diagnostic_warnings, question_text
+from cwox.online.explanation import Explanation
+from cwox.online.render import as_rgb_uint8, check_maps, draw_grid, format_prob, panel_letter
 
 JSON_NAME = "explanation.json"
 MAPS_NAME = "maps.npz"
@@ -158,7 +157,7 @@ def write_report(
     Args:
         explanation: the engine's result for one image.
         out_dir: the image's report folder; created if missing, files in it replaced.
-        dpi, max_columns, cmap: passed to :func:`online.render.draw_grid`.
+        dpi, max_columns, cmap: passed to :func:`cwox.online.render.draw_grid`.
 
     Returns:
         ``{"json": ..., "maps": ..., "grid": ...}``, the paths written.
@@ -240,7 +239,7 @@ class IndexEntry:
         status: ``"ok"``, or anything else for a failure.
         reason: why the image failed.
         diagnostics: the explanation's diagnostics as JSON (counterfactual records,
-            :mod:`online.diagnostics`); ``{}`` when the explainer keeps none.
+            :mod:`cwox.online.diagnostics`); ``{}`` when the explainer keeps none.
     """
 
     image_path: str

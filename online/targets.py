@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import torch
 
-from cwox.topk import TopKRule
+from cwox.core.topk import TopKRule
 
 #: A class id or a compound class (a frozenset of class ids, at least two of them).
 Target = int | frozenset
@@ -120,7 +120,7 @@ def top_k(
         raise ValueError("give k (a fixed top-K) or cum (a cumulative threshold)")
     if cum is None and max_k is not None:
         raise ValueError("max_k caps a cumulative top-K; use it with cum")
-    # One rule for both stages (cwox.topk): the same K and the same tie-break as the documents.
+    # One rule for both stages (cwox.core.topk): the same K and the same tie-break as the documents.
     rule = TopKRule(k=None, cum=cum, max_k=probs.numel() if max_k is None else int(max_k)) \
         if cum is not None else TopKRule(k=int(k))  # type: ignore[arg-type]
     labels, values, kk = rule.apply(probs[None])
@@ -134,7 +134,7 @@ def top_k(
 def cut_clusters(tree: nx.DiGraph | None, labels: Sequence[int], level: int = 1) -> list[list[int]]:
     """Confusion clusters of ``labels``: the tree restricted to them, cut at ``level``.
 
-    CWOX Sec. 4 / Algorithm 1 steps 2-3, via :func:`hlta.tree.clusters`. A label
+    CWOX Sec. 4 / Algorithm 1 steps 2-3, via :func:`cwox.hlta.tree.clusters`. A label
     without a leaf in the tree (e.g. an imported tree that omits it) becomes its
     own one-label cluster, as does every label when ``tree`` is None. Groups keep
     the order of ``labels`` and are ordered by their first member.
@@ -144,7 +144,7 @@ def cut_clusters(tree: nx.DiGraph | None, labels: Sequence[int], level: int = 1)
         raise ValueError(f"labels contain duplicates: {labels}")
     if tree is None:
         return [[lab] for lab in labels]
-    from hlta.tree import clusters, leaf_id
+    from cwox.hlta.tree import clusters, leaf_id
 
     n_labels = int(tree.graph.get("n_labels", len(tree.graph.get("class_names", []))))
     present = [lab for lab in labels if 0 <= lab < n_labels and leaf_id(lab) in tree]
@@ -228,7 +228,7 @@ class TargetPlan:
         Without native contrast maps: every target of :attr:`stage_targets`. With
         them (the contrast role), each pair of :meth:`contrast_pairs` has its map
         in place of ``H_fact - H_foil``, so neither base map of a pair is read
-        (:func:`online.compose.compose`); only facts without a foil remain (the
+        (:func:`cwox.online.compose.compose`); only facts without a foil remain (the
         cluster of a one-cluster stage one, a class alone in its cluster).
         """
         if not with_contrasts:

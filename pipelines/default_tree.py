@@ -2,9 +2,9 @@
 
 The one command (also ``make default-tree``)::
 
-    make photos && python -m pipelines.default_tree
+    make photos && python -m cwox.pipelines.default_tree
 
-It gathers every real photo that installs here (:mod:`pipelines.photos`: scikit-image,
+It gathers every real photo that installs here (:mod:`cwox.pipelines.photos`: scikit-image,
 scikit-learn, foolbox, ai-benchmark, opencv-doc — 273 photos with all of them), runs
 the documents pipeline on EfficientNet-Lite0 with 31 seeded augmented views per photo
 (8,736 documents, top 5), fits PEM-HLTA with seed 0, and replaces the embedded tree.
@@ -17,9 +17,9 @@ import argparse
 import shutil
 from pathlib import Path
 
-from offline.documents import build_documents
-from pipelines.photos import bundled_photos
-from pipelines.trees import fit_tree
+from cwox.offline.documents import build_documents
+from cwox.pipelines.photos import bundled_photos
+from cwox.pipelines.trees import fit_tree
 
 EMBEDDED = Path(__file__).resolve().parents[1] / "cwox" / "data" / "default_tree.zarr"
 

@@ -4,7 +4,7 @@ Saves the photo, runs ``explain`` on it (EfficientNet-Lite0, the embedded defaul
 tree, Grad-CAM, CWOX-2s) and prints where the report is. Chelsea is a textbook
 confusion cluster: tiger cat / Egyptian cat / tabby.
 
-    python -m pipelines.demo [--out demo-out] [--explainer gradcam]
+    python -m cwox.pipelines.demo [--out demo-out] [--explainer gradcam]
 """
 
 from __future__ import annotations

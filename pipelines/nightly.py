@@ -15,11 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cwox.models import DEFAULT_MODEL
-from cwox.topk import TopKRule
-from offline.documents import DocumentsSummary, build_documents
-from pipelines.trees import FitResult, fit_tree
-from store.trees import prune
+from cwox.offline.documents import DocumentsSummary, build_documents
+from cwox.pipelines.trees import FitResult, fit_tree
+from cwox.store.trees import prune
+
+from cwox.core.models import DEFAULT_MODEL
+from cwox.core.topk import TopKRule
 
 
 @dataclass

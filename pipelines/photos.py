@@ -94,9 +94,8 @@ def photo_crop_bank(classifier, names: tuple[str, ...] = ("chelsea", "coffee")):
     ``cwox documents --reference-bank``; far too small for real use.
     """
     import torch
+    from cwox.offline.reference_bank import bank_from_tensors
     from skimage import data
-
-    from offline.reference_bank import bank_from_tensors
 
     views = [classifier.preprocess(v) for n in names for v in fixed_views(Image.fromarray(getattr(data, n)()))]
     return bank_from_tensors(classifier, torch.stack(views), top_m=5, min_confidence=0.3, per_class=20)

@@ -11,9 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from hlta import HLTA
-from store.documents import open_documents
-from store.trees import save_tree
+from cwox.hlta import HLTA
+from cwox.store.documents import open_documents
+from cwox.store.trees import save_tree
 
 
 @dataclass
@@ -41,7 +41,7 @@ def fit_tree(
     """Fit :class:`hlta.HLTA` on the documents store ``docs``; save a version to ``out``.
 
     Args:
-        docs: a documents store written by :func:`offline.documents.build_documents`.
+        docs: a documents store written by :func:`cwox.offline.documents.build_documents`.
         out: the tree store (created on first use); each call adds a version.
         publish: atomically point the store's ``latest`` at the new version.
         hlta_params: passed to :class:`hlta.HLTA` (``ud_threshold``, ``max_island``,

@@ -2,7 +2,7 @@
 
 BIF (the Bayesian Interchange Format) holds the whole model, CPTs included, so a
 BIF round trip keeps the likelihood. The tree is turned into a pgmpy network
-by :func:`hlta.tree.to_pgmpy` and written by pgmpy's ``BIFWriter``; cwox adds
+by :func:`cwox.hlta.tree.to_pgmpy` and written by pgmpy's ``BIFWriter``; cwox adds
 per-variable ``property`` lines (``level``, ``label``, URL-quoted ``name``) so
 that its own files come back exactly. A BIF without them (e.g. one written by
 the HLTA Java tools) is read by its structure alone: variables without children
@@ -43,9 +43,8 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
-
-from hlta.tree import LATENT_RE, LEAF_RE
-from store._atomic import atomic_write_text
+from cwox.hlta.tree import LATENT_RE, LEAF_RE
+from cwox.store._atomic import atomic_write_text
 
 __all__ = [
     "TreeFormatError",
@@ -134,7 +133,7 @@ def _finish(tree: nx.DiGraph, class_names: Sequence[str] | None, default_cpt: bo
         tree.add_edge(root, node)
     tree.graph["class_names"] = list(class_names)
     tree.graph["n_labels"] = len(class_names)
-    from hlta.tree import validate_tree
+    from cwox.hlta.tree import validate_tree
 
     try:
         validate_tree(tree)
@@ -162,9 +161,8 @@ def to_bif(tree: nx.DiGraph, path: str | os.PathLike) -> None:
     ``name`` (URL-quoted, as BIF property values may not hold ``;`` or ``=``),
     which :func:`from_bif` reads back. The file is replaced atomically.
     """
+    from cwox.hlta.tree import to_pgmpy
     from pgmpy.readwrite import BIFWriter
-
-    from hlta.tree import to_pgmpy
 
     if not _has_cpts(tree):
         raise ValueError(

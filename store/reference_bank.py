@@ -47,8 +47,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-
-from store._atomic import fsync_dir, fsync_tree
+from cwox.store._atomic import fsync_dir, fsync_tree
 
 FORMAT = "cwox.reference_bank/1"
 #: The group name of a bank kept inside a documents store.

@@ -61,8 +61,7 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
-
-from store._atomic import atomic_write_text, fsync_dir, fsync_tree, remove_tree, staging_dir
+from cwox.store._atomic import atomic_write_text, fsync_dir, fsync_tree, remove_tree, staging_dir
 
 __all__ = [
     "TreeStoreError",
@@ -305,7 +304,7 @@ def save_tree(
     Parameters
     ----------
     tree
-        A latent tree following the cwox tree contract (``hlta.tree``): edges
+        A latent tree following the cwox tree contract (``cwox.hlta.tree``): edges
         parent -> child, leaves ``c{label}``, latents ``Z{k}``, CPTs of shape
         ``(card, parent_card)`` (root: ``(card,)``) or None (structure only).
     path
@@ -436,7 +435,7 @@ def _tree_to_arrays(tree: nx.DiGraph) -> tuple[dict[str, np.ndarray], list[str],
 
 
 def _check_tree(tree: nx.DiGraph) -> tuple[list[str], Any]:
-    """The checks the store relies on (a subset of ``hlta.tree.validate_tree``)."""
+    """The checks the store relies on (a subset of ``cwox.hlta.tree.validate_tree``)."""
     if not isinstance(tree, nx.DiGraph):
         raise TypeError(f"tree must be a networkx.DiGraph, got {type(tree).__name__}")
     if tree.number_of_nodes() == 0:

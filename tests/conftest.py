@@ -36,6 +36,6 @@ def photo_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def default_classifier():
     """The embedded default model (EfficientNet-Lite0, packaged ImageNet weights), on CPU."""
-    from cwox.models import load_model
+    from cwox.core.models import load_model
 
     return load_model("efficientnet_lite0", device="cpu")

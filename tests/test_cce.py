@@ -11,13 +11,13 @@ import inspect
 
 import pytest
 import torch
+from cwox.hlta.tree import tree_from_groups
+from cwox.online.explainers import available_explainers, count_hooks, get_explainer
+from cwox.online.explainers.cce import CCE
 from PIL import Image
 from skimage import data
 
-from cwox.models import from_module
-from hlta.tree import tree_from_groups
-from online.explainers import available_explainers, count_hooks, get_explainer
-from online.explainers.cce import CCE
+from cwox.core.models import from_module
 
 TABBY, TIGER_CAT, EGYPTIAN_CAT, LYNX = 281, 282, 285, 287
 #: Small but real settings: every part of the method runs, a few passes each.
@@ -26,7 +26,7 @@ SMALL = {"iterations": 3, "n_counterfactuals": 2, "n_noise": 2, "batch_size": 8}
 
 @pytest.fixture(scope="module")
 def clf():
-    from cwox.models import load_model
+    from cwox.core.models import load_model
 
     return load_model(device="cpu")
 
@@ -194,7 +194,7 @@ def test_bad_arguments_get_clear_errors(cce, clf, cat):
 
 
 def test_through_the_engine_in_cwox2s(clf):
-    engine = pytest.importorskip("online.engine")
+    engine = pytest.importorskip("cwox.online.engine")
     tiny = {"iterations": 2, "n_counterfactuals": 2, "n_noise": 2}
     photo = Image.fromarray(data.chelsea())
     kwargs = {}

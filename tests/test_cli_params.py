@@ -19,7 +19,7 @@ from cwox.commands.common import explainer_keys, explainer_params, parse_params
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, default_classifier):
-    from store.trees import save_tree
+    from cwox.store.trees import save_tree
 
     root = tmp_path_factory.mktemp("params")
     photos = photo_folder(root / "photos")

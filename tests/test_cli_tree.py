@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from cwox.hlta.tree import clusters
+from cwox.store.trees import list_versions, load_tree, published_version, save_tree, tree_info
 from tree_factories import random_tree
 
 from cwox.cli import main
-from hlta.tree import clusters
-from store.trees import list_versions, load_tree, published_version, save_tree, tree_info
 
 
 def run(*args: str):
@@ -36,7 +36,7 @@ def store(tmp_path):
 
 def write_documents(path, X, class_names, model="toy-model"):
     """A real documents store (store.documents) holding the rows of binary ``X``."""
-    from store.documents import create_documents
+    from cwox.store.documents import create_documents
 
     n, _ = X.shape
     k = X.sum(axis=1).astype(np.int16)
@@ -51,7 +51,7 @@ def write_documents(path, X, class_names, model="toy-model"):
 
 
 def test_fit_tree_saves_a_version_with_provenance(tmp_path):
-    from hlta.synthetic import planted_structure, sample_documents
+    from cwox.hlta.synthetic import planted_structure, sample_documents
 
     truth = planted_structure(14, random_state=0)
     X = sample_documents(truth, 300, random_state=1).toarray().astype(np.int8)
@@ -77,11 +77,11 @@ def test_fit_tree_saves_a_version_with_provenance(tmp_path):
     assert tree.nodes["c13"]["cpt"][1].max() < 0.01
     assert tree.nodes["c13"].get("never_occurs") is True  # extra node attributes survive the store
     # the printed loglik is the stored tree's exact log-likelihood
-    from hlta.tree import log_likelihood
+    from cwox.hlta.tree import log_likelihood
 
     assert log_likelihood(tree, X) == pytest.approx(info["loglik"], rel=1e-6)
     # and the loaded tree wraps back into a fitted estimator with the same scores
-    from hlta import HLTA
+    from cwox.hlta import HLTA
 
     est = HLTA.from_tree(tree, **info["hlta_params"])
     assert est.loglik_ == info["loglik"] and est.n_params_ == info["n_params"]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from online.compose import (
+from cwox.online.compose import (
     compose,
     contrast,
     cwox1sa,
@@ -18,7 +17,7 @@ from online.compose import (
     support_mask,
     swox,
 )
-from online.targets import plan_targets
+from cwox.online.targets import plan_targets
 
 
 def t(*rows) -> torch.Tensor:

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from cwox.store.documents import open_documents
 
 from cwox.cli import main
-from cwox.devices import ALLOCATOR_ENV
-from store.documents import open_documents
+from cwox.core.devices import ALLOCATOR_ENV
 
 BIN = Path(sys.executable).parent
 

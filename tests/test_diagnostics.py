@@ -20,11 +20,8 @@ import re
 
 import pytest
 import torch
-from PIL import Image
-from skimage import data
-
-from hlta.tree import tree_from_groups
-from online.diagnostics import (
+from cwox.hlta.tree import tree_from_groups
+from cwox.online.diagnostics import (
     CCE_KEY,
     FGVCE_KEY,
     diagnostic_warnings,
@@ -32,12 +29,14 @@ from online.diagnostics import (
     question_text,
     target_json,
 )
-from online.engine import Engine
-from online.explainers.cce import CCE
-from online.explainers.fgvce import FGVCE
-from online.report import IndexEntry, load_report, write_index, write_report
-from online.targets import as_target, plan_targets
-from pipelines.photos import photo_crop_bank
+from cwox.online.engine import Engine
+from cwox.online.explainers.cce import CCE
+from cwox.online.explainers.fgvce import FGVCE
+from cwox.online.report import IndexEntry, load_report, write_index, write_report
+from cwox.online.targets import as_target, plan_targets
+from cwox.pipelines.photos import photo_crop_bank
+from PIL import Image
+from skimage import data
 
 TABBY, TIGER_CAT, EGYPTIAN_CAT, LYNX = 281, 282, 285, 287
 #: Few steps: enough for tiger cat -> Egyptian cat (1 step), not for tabby -> lynx.
@@ -289,10 +288,10 @@ def test_warning_sentences():
 def test_cli_prints_the_warnings(clf, bank, split_cats, tmp_path):
     """``cwox explain --explainer fgvce --reference-bank B``: a failed search is said on stderr, exit 0."""
     from click.testing import CliRunner
+    from cwox.store.reference_bank import save_reference_bank
+    from cwox.store.trees import save_tree
 
     from cwox.cli import main
-    from store.reference_bank import save_reference_bank
-    from store.trees import save_tree
 
     store = save_reference_bank(bank, tmp_path / "bank.zarr", group=None)
     save_tree(split_cats, tmp_path / "tree", meta={"model": clf.name}, publish=True)

@@ -7,13 +7,13 @@ import pytest
 import torch
 import zarr
 from click.testing import CliRunner
+from cwox.offline.documents import build_documents, default_chunk_size
+from cwox.store.documents import StoreMismatch, open_documents
 from PIL import Image
 
 from cwox.cli import main
-from cwox.images import load_image
-from cwox.topk import TopKRule
-from offline.documents import build_documents, default_chunk_size
-from store.documents import StoreMismatch, open_documents
+from cwox.core.images import load_image
+from cwox.core.topk import TopKRule
 
 ARRAYS = ("labels", "probs", "k", "path", "view", "error")
 
@@ -164,8 +164,9 @@ def test_local_cluster_workers_get_the_allocator_settings():
     """Dask's worker default (MALLOC_TRIM_THRESHOLD_=65536) made torch 35% slower; ours replace it."""
     import os
 
-    from cwox.devices import ALLOCATOR_ENV
-    from offline.documents import dask_client
+    from cwox.offline.documents import dask_client
+
+    from cwox.core.devices import ALLOCATOR_ENV
 
     with dask_client(workers=1) as client:
         seen = list(client.run(lambda: {k: os.environ.get(k) for k in ALLOCATOR_ENV}).values())

@@ -6,16 +6,12 @@ import networkx as nx
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from torch import nn
-
-from cwox.models import from_module
-from hlta.tree import leaf_id, tree_from_groups
-from online.compose import compose, normalize_maps
-from online.engine import Engine, explain_image
-from online.explainers import get_explainer
-from online.explanation import Explanation
-from online.targets import (
+from cwox.hlta.tree import leaf_id, tree_from_groups
+from cwox.online.compose import compose, normalize_maps
+from cwox.online.engine import Engine, explain_image
+from cwox.online.explainers import get_explainer
+from cwox.online.explanation import Explanation
+from cwox.online.targets import (
     as_target,
     cut_clusters,
     plan_targets,
@@ -23,12 +19,16 @@ from online.targets import (
     target_probabilities,
     top_k,
 )
+from PIL import Image
+from torch import nn
+
+from cwox.core.models import from_module
 
 N = 8
 
 
 def make_tree(groups: dict[str, list[int]], n_labels: int, names=None, missing=()) -> nx.DiGraph:
-    """:func:`hlta.tree.tree_from_groups` (``Z1``, ``Z2``... in order), minus the leaves in ``missing``."""
+    """:func:`cwox.hlta.tree.tree_from_groups` (``Z1``, ``Z2``... in order), minus the leaves in ``missing``."""
     assert list(groups) == [f"Z{k}" for k in range(1, len(groups) + 1)]
     names = list(names) if names is not None else [f"class{i}" for i in range(n_labels)]
     tree = tree_from_groups(list(groups.values()), names)
@@ -218,7 +218,7 @@ def test_plan_base_targets_in_the_contrast_role():
 
 def test_engine_contrast_role_skips_unread_base_maps_exactly(small, photo):
     """Drawing only the read base maps gives the same composed maps as drawing all of them."""
-    from online.explainers.cce import CCE
+    from cwox.online.explainers.cce import CCE
 
     tree = make_tree({"Z1": [0, 1, 2, 3], "Z2": [4, 5, 6, 7]}, n_labels=N)
     params = {"iterations": 2, "n_counterfactuals": 1, "n_noise": 1, "seed": 3}

@@ -1,4 +1,4 @@
-"""``cwox evaluate`` and :mod:`online.evaluation`: CAUC / CDROP of the whole-output modes.
+"""``cwox evaluate`` and :mod:`cwox.online.evaluation`: CAUC / CDROP of the whole-output modes.
 
 Real photos (chelsea, coffee), the default model, a hand-made tree that puts the cat
 classes (and the coffee-cup classes) in one cluster each; Grad-CAM and a RISE with few
@@ -26,8 +26,9 @@ MODES = ("swox", "cwox1sa", "cwox1sb", "cwox2s")
 
 def expected_pairs(classifier, tree, path) -> set[tuple[int, str]]:
     """Every (c, C_i minus c) of the photo's multi-class clusters, K = min(5, Cum(0.95))."""
-    from cwox.images import load_image
-    from online.targets import cut_clusters, top_k
+    from cwox.online.targets import cut_clusters, top_k
+
+    from cwox.core.images import load_image
 
     x = classifier.preprocess(load_image(path))[None].to(classifier.device)
     classes, _ = top_k(classifier.probabilities(x)[0], None, cum=0.95, max_k=5)
@@ -41,7 +42,7 @@ def expected_pairs(classifier, tree, path) -> set[tuple[int, str]]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, default_classifier):
-    from store.trees import save_tree
+    from cwox.store.trees import save_tree
 
     root = tmp_path_factory.mktemp("evaluate")
     photos = photo_folder(root / "photos")
@@ -138,10 +139,9 @@ def test_bad_arguments_exit_2(setup, option, value, word):
 
 
 def test_explain_modes_matches_one_engine_per_mode(setup, default_classifier):
+    from cwox.online.engine import Engine
+    from cwox.online.evaluation import explain_modes
     from skimage import data
-
-    from online.engine import Engine
-    from online.evaluation import explain_modes
 
     image = Image.fromarray(data.chelsea())
     engine = Engine(default_classifier, setup["tree"], "gradcam", cum=0.95, max_k=5)
@@ -153,9 +153,9 @@ def test_explain_modes_matches_one_engine_per_mode(setup, default_classifier):
 
 
 def test_local_cluster_gives_the_same_numbers(setup, default_classifier):
-    from offline.documents import dask_client
-    from offline.worker import ModelSpec
-    from online.evaluation import evaluate_images
+    from cwox.offline.documents import dask_client
+    from cwox.offline.worker import ModelSpec
+    from cwox.online.evaluation import evaluate_images
 
     paths = [str(setup["photos"] / "chelsea.jpg"), str(setup["photos"] / "broken.jpg")]
     kwargs = dict(explainers=["gradcam"], modes=["swox", "cwox2s"], step=STEP, progress=False)
@@ -176,7 +176,7 @@ def test_local_cluster_gives_the_same_numbers(setup, default_classifier):
 
 
 def test_library_rejects_unknown_names(default_classifier):
-    from online.evaluation import evaluate_images
+    from cwox.online.evaluation import evaluate_images
 
     with pytest.raises(ValueError, match="unknown mode"):
         evaluate_images(default_classifier, [], None, modes=["cwox9"], progress=False)
@@ -187,11 +187,10 @@ def test_library_rejects_unknown_names(default_classifier):
 
 def test_role_decides_whether_cwox2s_takes_native_contrasts(setup, default_classifier):
     """``role``: "auto" gives CWOX-2s the explainer's own "P rather than Q" maps, "base" the subtraction."""
+    from cwox.online.engine import Engine
+    from cwox.online.evaluation import EvaluationSetup, explain_modes
+    from cwox.pipelines.photos import photo_crop_bank
     from skimage import data
-
-    from online.engine import Engine
-    from online.evaluation import EvaluationSetup, explain_modes
-    from pipelines.photos import photo_crop_bank
 
     clf = default_classifier
     image = Image.fromarray(data.chelsea())

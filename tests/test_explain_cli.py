@@ -14,7 +14,7 @@ from cwox.cli import main
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, default_classifier):
-    from store.trees import save_tree
+    from cwox.store.trees import save_tree
 
     root = tmp_path_factory.mktemp("cli")
     photos = photo_folder(root / "photos")
@@ -88,8 +88,9 @@ def test_default_tree_missing_is_a_clear_error(setup, monkeypatch, tmp_path):
 
 def test_embedded_default_tree_cuts_chelsea_into_cat_clusters(setup):
     """The committed tree (built by pipelines.default_tree) groups the confusable cats."""
+    from cwox.store.trees import load_tree, tree_info
+
     from cwox.commands.explain import DEFAULT_TREE
-    from store.trees import load_tree, tree_info
 
     assert DEFAULT_TREE.exists(), "cwox/data/default_tree.zarr is missing"
     assert tree_info(DEFAULT_TREE)["model"] == "efficientnet_lite0"

@@ -5,12 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from cwox.online.explainers import (
+    available_explainers,
+    capture_activations,
+    count_hooks,
+    get_explainer,
+)
+from cwox.online.explainers.gradcam import GradCAM
+from cwox.online.explainers.rise import RISE, MaskSet, MaskSetup
 from torch import nn
 
-from cwox.models import from_module
-from online.explainers import available_explainers, capture_activations, count_hooks, get_explainer
-from online.explainers.gradcam import GradCAM
-from online.explainers.rise import RISE, MaskSet, MaskSetup
+from cwox.core.models import from_module
 
 N_CLASSES = 6
 

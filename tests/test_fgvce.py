@@ -7,16 +7,16 @@ import copy
 import numpy as np
 import pytest
 import torch
+from cwox.offline.reference_bank import bank_from_tensors, build_reference_bank
+from cwox.online.explainers import get_explainer
+from cwox.online.explainers.base import count_hooks
+from cwox.online.explainers.fgvce import FGVCE, partition_kernels
+from cwox.pipelines.photos import photo_crop_bank
+from cwox.store.reference_bank import load_reference_bank, save_reference_bank
 from PIL import Image
 from skimage import data
 
-from cwox.models import from_module
-from offline.reference_bank import bank_from_tensors, build_reference_bank
-from online.explainers import get_explainer
-from online.explainers.base import count_hooks
-from online.explainers.fgvce import FGVCE, partition_kernels
-from pipelines.photos import photo_crop_bank
-from store.reference_bank import load_reference_bank, save_reference_bank
+from cwox.core.models import from_module
 
 TIGER_CAT, TABBY, EGYPTIAN_CAT = 282, 281, 285
 
@@ -202,7 +202,7 @@ def test_contrast_is_antisymmetric_and_batched_loops_match_single_ones(clf, chel
 
 
 def test_engine_base_and_contrast_roles(clf, bank):
-    from online.engine import explain_image
+    from cwox.online.engine import explain_image
 
     photo = Image.fromarray(data.chelsea())
     base = explain_image(clf, photo, None, explainer="fgvce", mode="cwox2s", top_k=3)
@@ -288,7 +288,7 @@ def test_shared_passes_answer_exactly_as_separate_loops(clf, chelsea, bank):
     # One h^(0) partition (50 passes) and one loop of the repeated question saved, and more.
     assert shared < separate - 3 * 50
     x = clf.preprocess(Image.fromarray(data.chelsea()))
-    from online.explainers.fgvce import _Question
+    from cwox.online.explainers.fgvce import _Question
 
     probs = clf.probabilities(x[None])[0]
     qs = [_Question(TIGER_CAT, g, ex._criterion(probs, TIGER_CAT)) for g in (TABBY, lynx)]

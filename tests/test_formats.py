@@ -7,10 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from tree_factories import random_tree, sample_documents
-
-from hlta.tree import clusters, log_likelihood, validate_tree
-from store.formats import (
+from cwox.hlta.tree import clusters, log_likelihood, validate_tree
+from cwox.store.formats import (
     TreeFormatError,
     from_bif,
     from_nodes_json,
@@ -18,7 +16,8 @@ from store.formats import (
     to_bif,
     to_nodes_json,
 )
-from store.trees import load_tree, save_tree
+from cwox.store.trees import load_tree, save_tree
+from tree_factories import random_tree, sample_documents
 
 
 def same_clusters(a, b, levels=(1, 2, 3)):
@@ -195,9 +194,9 @@ def test_read_class_names(tmp_path):
 def test_round_trips_of_a_learned_tree(tmp_path):
     """A tree fitted by hlta.HLTA: nodes.json and BIF keep its clusters at every level,
     BIF its likelihood; the imported structure-only tree cuts exactly like it."""
-    from hlta import HLTA
-    from hlta.synthetic import planted_structure
-    from hlta.synthetic import sample_documents as planted_documents
+    from cwox.hlta import HLTA
+    from cwox.hlta.synthetic import planted_structure
+    from cwox.hlta.synthetic import sample_documents as planted_documents
 
     X = planted_documents(planted_structure(24, random_state=2), 400, random_state=3)
     tree = HLTA(random_state=0, max_top=3).fit(X).tree_

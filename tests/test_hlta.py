@@ -9,10 +9,7 @@ import networkx as nx
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from sklearn.exceptions import NotFittedError
-from sklearn.metrics import adjusted_rand_score, mutual_info_score
-
-from hlta import (
+from cwox.hlta import (
     HLTA,
     bic,
     cluster_of,
@@ -23,9 +20,11 @@ from hlta import (
     tree_from_groups,
     validate_tree,
 )
-from hlta.data import as_binary_csr, pairwise_mutual_information, unique_rows
-from hlta.inference import compile_tree, expected_counts
-from hlta.synthetic import planted_structure, sample_documents
+from cwox.hlta.data import as_binary_csr, pairwise_mutual_information, unique_rows
+from cwox.hlta.inference import compile_tree, expected_counts
+from cwox.hlta.synthetic import planted_structure, sample_documents
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import adjusted_rand_score, mutual_info_score
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -386,7 +385,7 @@ def test_max_island_caps_island_size():
 
 
 def test_fit_accepts_a_documents_store_path(tmp_path):
-    documents = pytest.importorskip("store.documents")
+    documents = pytest.importorskip("cwox.store.documents")
     path = tmp_path / "docs.zarr"
     names = ["cat", "dog", "car", "bus"]
     g = documents.create_documents(path, [f"img{i}.jpg" for i in range(40)], views=1, width=3,

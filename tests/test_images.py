@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from cwox.images import ImageError, collect_inputs, load_image
+from cwox.core.images import ImageError, collect_inputs, load_image
 
 
 @pytest.fixture()

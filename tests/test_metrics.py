@@ -1,4 +1,4 @@
-"""Tests of ``online.metrics``: hand-worked answers on a tiny model, batched vs one-at-a-time.
+"""Tests of ``cwox.online.metrics``: hand-worked answers on a tiny model, batched vs one-at-a-time.
 
 The hand model. The image is 1 x 4 x 4, every pixel 1 (normalised units). Block ``A`` is the
 top-left 2 x 2 square (raster indices 0, 1, 4, 5), block ``B`` the bottom-right one
@@ -24,8 +24,7 @@ import numpy as np
 import pytest
 import scipy.ndimage
 import torch
-
-from online.metrics import (
+from cwox.online.metrics import (
     cauc,
     cauc_sample_weights,
     causal_curves,
@@ -41,7 +40,7 @@ from online.metrics import (
     saliency_attack_score,
     step_pixels,
 )
-from online.metrics._batch import gaussian_blur, pixel_ranks
+from cwox.online.metrics._batch import gaussian_blur, pixel_ranks
 
 LN2 = math.log(2.0)
 

@@ -1,12 +1,11 @@
-"""Tests of the cascading-randomisation sanity check (``online.metrics.sanity``)."""
+"""Tests of the cascading-randomisation sanity check (``cwox.online.metrics.sanity``)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-
-from online.metrics import cascading_randomization, map_ssim, parameter_layers
+from cwox.online.metrics import cascading_randomization, map_ssim, parameter_layers
 
 
 def small_cnn() -> torch.nn.Module:

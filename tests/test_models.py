@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 from skimage import data
 
-from cwox.devices import resolve_device
-from cwox.models import from_module, load_model
-from cwox.topk import TopKRule
+from cwox.core.devices import resolve_device
+from cwox.core.models import from_module, load_model
+from cwox.core.topk import TopKRule
 
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 
@@ -121,11 +121,11 @@ def test_topk_rules():
 
 
 def test_cpu_allocator_is_tuned_and_can_be_turned_off():
-    """Building a classifier applies cwox.devices' glibc settings unless CWOX_MALLOC_TUNING=0."""
+    """Building a classifier applies cwox.core.devices' glibc settings unless CWOX_MALLOC_TUNING=0."""
     import subprocess
     import sys
 
-    code = ("from cwox.models import load_model; from cwox import devices; "
+    code = ("from cwox.core.models import load_model; from cwox.core import devices; "
             "load_model(device='cpu'); print(devices._tuned, devices.worker_allocator_env() != {})")
     on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from cwox.online.engine import Engine
+from cwox.online.explainers import get_explainer
+from cwox.online.question import answer_question, resolve_classes, write_question_report
 from PIL import Image
 from skimage import data
 
 from cwox.commands.explain import explain
-from online.engine import Engine
-from online.explainers import get_explainer
-from online.question import answer_question, resolve_classes, write_question_report
 
 
 @pytest.fixture(scope="module")

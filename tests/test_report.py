@@ -16,12 +16,9 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
-from PIL import Image
-from skimage import data
-
-from online.explanation import Explanation
-from online.render import ALL_ZERO_NOTE, dimmed_photo, overlay, rendered_size, scale_map
-from online.report import (
+from cwox.online.explanation import Explanation
+from cwox.online.render import ALL_ZERO_NOTE, dimmed_photo, overlay, rendered_size, scale_map
+from cwox.online.report import (
     GRID_NAME,
     JSON_NAME,
     MAPS_NAME,
@@ -31,6 +28,8 @@ from online.report import (
     write_index,
     write_report,
 )
+from PIL import Image
+from skimage import data
 
 HOSTILE = '<script>alert("x")</script> & <b>bold</b>'
 

@@ -15,11 +15,10 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
+from cwox.online.explanation import Explanation
+from cwox.online.report import IndexEntry, write_index, write_report
 from PIL import Image
 from skimage import data
-
-from online.explanation import Explanation
-from online.report import IndexEntry, write_index, write_report
 
 CHROMIUM = "/usr/bin/chromium"
 WINDOW = (1400, 2000)

@@ -1,4 +1,4 @@
-"""cwox.split: rest(front(x)) equals the whole model, on EfficientNet-Lite0 and torchvision CNNs."""
+"""cwox.core.split: rest(front(x)) equals the whole model, on EfficientNet-Lite0 and torchvision CNNs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torchvision
 
-from cwox.models import from_module
-from cwox.split import split_at
+from cwox.core.models import from_module
+from cwox.core.split import split_at
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,8 @@ import threading
 import networkx as nx
 import numpy as np
 import pytest
-from tree_factories import random_tree, sample_documents
-
-from store import trees as st
-from store.trees import (
+from cwox.store import trees as st
+from cwox.store.trees import (
     CorruptStoreError,
     IncompatibleTreeError,
     StoreNotFoundError,
@@ -27,6 +25,7 @@ from store.trees import (
     save_tree,
     tree_info,
 )
+from tree_factories import random_tree, sample_documents
 
 
 def assert_same_tree(a: nx.DiGraph, b: nx.DiGraph, cpts: bool = True) -> None:
@@ -69,7 +68,7 @@ def test_round_trip_keeps_structure_cpts_and_clusters(tmp_path):
 
 
 def test_round_trip_same_clusters_and_likelihood(tmp_path):
-    htree = pytest.importorskip("hlta.tree")
+    htree = pytest.importorskip("cwox.hlta.tree")
     tree = random_tree(2)
     X = sample_documents(tree, 200, seed=3)
     save_tree(tree, tmp_path / "t.zarr", publish=True)

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cwox.online.explainers import get_explainer
+from cwox.online.explainers.base import capture_activations, count_hooks
+from cwox.online.explainers.suny import SUNY
 from PIL import Image
 from skimage import data
 
-from cwox.models import from_module
-from online.explainers import get_explainer
-from online.explainers.base import capture_activations, count_hooks
-from online.explainers.suny import SUNY
+from cwox.core.models import from_module
 
 LAYER = "_blocks.2"
 SMALL = {"layer": LAYER, "n_causes": 4, "n_samples": 3, "seed": 0, "batch_size": 32}
@@ -313,7 +313,7 @@ def test_cache_is_dropped_when_the_weights_change(clf, x):
 
 
 def test_cwox2s_through_the_engine(clf, chelsea, explainer):
-    from online.engine import explain_image
+    from cwox.online.engine import explain_image
 
     exp = explain_image(clf, chelsea, tree=None, explainer=explainer, mode="cwox2s", top_k=2)
     assert exp.explainer == "suny"

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import networkx as nx
 import numpy as np
+from cwox.hlta.tree import tree_from_groups
 from PIL import Image
-
-from hlta.tree import tree_from_groups
 
 CLASS_NAMES = ["tiger cat", "tabby", "Egyptian_cat", "hen-of-the-woods", "ping-pong ball", "drum",
                "drumstick", "oboe", "bassoon", "flute", "never-seen", "rifle"]

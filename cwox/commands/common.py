@@ -122,10 +122,10 @@ def parse_params(items: Iterable[str], default: str | None = None) -> dict[str, 
 def explainer_keys(name: str) -> list[str] | None:
     """The keyword arguments the explainer ``name`` takes besides the classifier.
 
-    From its class's ``__init__`` signature (:func:`online.explainers.explainer_class`);
+    From its class's ``__init__`` signature (:func:`cwox.online.explainers.explainer_class`);
     None when it takes ``**kwargs`` (any key is accepted).
     """
-    from online.explainers import explainer_class
+    from cwox.online.explainers import explainer_class
 
     params = list(inspect.signature(explainer_class(name).__init__).parameters.values())[1:]  # no self
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):

@@ -35,10 +35,10 @@ def documents(inputs, out, model, weights, device, top_k, cum, max_k, batch_size
     Resumable: rerunning with the same settings computes only what is missing.
     Exit code 0 when every image was used, 1 when any failed (they are listed).
     """
-    from cwox.images import DEFAULT_MAX_PIXELS
-    from cwox.topk import TopKRule
-    from offline.documents import build_documents
-    from store.documents import StoreMismatch
+    from cwox.core.images import DEFAULT_MAX_PIXELS
+    from cwox.core.topk import TopKRule
+    from cwox.offline.documents import build_documents
+    from cwox.store.documents import StoreMismatch
 
     try:
         rule = TopKRule.from_options(top_k, cum, max_k)
@@ -53,7 +53,7 @@ def documents(inputs, out, model, weights, device, top_k, cum, max_k, batch_size
     for line in summary.lines():
         click.echo(line)
     if bank:
-        from offline.reference_bank import build_reference_bank
+        from cwox.offline.reference_bank import build_reference_bank
 
         try:
             ref = build_reference_bank(inputs, out, model=model, weights=weights, device=device,

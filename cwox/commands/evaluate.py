@@ -88,8 +88,8 @@ def evaluate(images, model, weights, device, tree_opt, explainers, modes, metric
              step, substrate, n_masks, param_items, role, seed, batch_size, scheduler, workers, limit, out_dir,
              curve_points, no_plot, quiet):
     """Score the whole-output modes of each IMAGE with CAUC / CDROP (files, folders, .txt lists)."""
-    from cwox.images import collect_inputs
-    from online.explainers import available_explainers
+    from cwox.core.images import collect_inputs
+    from cwox.online.explainers import available_explainers
 
     names = _check_list(explainers, tuple(available_explainers()), "--explainers")
     modes = _check_list(modes, MODES, "--modes")
@@ -111,9 +111,9 @@ def evaluate(images, model, weights, device, tree_opt, explainers, modes, metric
         raise click.UsageError("no images found in the given inputs")
 
     from cwox.commands.explain import load_tree_option
-    from cwox.models import load_model
-    from offline.worker import ModelSpec
-    from online import evaluation
+    from cwox.core.models import load_model
+    from cwox.offline.worker import ModelSpec
+    from cwox.online import evaluation
 
     try:
         classifier = load_model(model, weights=weights, device=device)
@@ -144,7 +144,7 @@ def evaluate(images, model, weights, device, tree_opt, explainers, modes, metric
     kwargs = {**setup_kwargs, "progress": not quiet}
     try:
         if scheduler or workers:
-            from offline.documents import dask_client
+            from cwox.offline.documents import dask_client
 
             spec = ModelSpec(name=model, weights=weights, device=device, torch_threads=1)
             try:

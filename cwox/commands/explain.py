@@ -51,7 +51,7 @@ def load_tree_option(value: str, model_name: str, class_names: list[str]):
         path = Path(value)
         if not path.exists():
             raise CommandError(f"--tree {value}: no such tree store")
-    from store.trees import IncompatibleTreeError, TreeStoreError, check_compatible, load_tree
+    from cwox.store.trees import IncompatibleTreeError, TreeStoreError, check_compatible, load_tree
 
     try:
         tree = load_tree(path)
@@ -115,7 +115,7 @@ def _unique_dir(out: Path, stem: str, used: set[str]) -> Path:
 def explain(images, model, weights, device, tree_opt, explainer, role, reference_bank, why_p, rather_q,
             other_image, mode, top_k, cum, max_k, batch_size, seed, n_masks, param_items, support, out_dir):
     """Explain the top classes of each IMAGE (files, folders, or .txt lists of paths)."""
-    from cwox.images import ImageError, collect_inputs
+    from cwox.core.images import ImageError, collect_inputs
 
     if top_k is not None and cum is not None:
         raise click.UsageError("give --top-k K or --cum P (with --max-k K), not both")
@@ -123,9 +123,9 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
     if not paths:
         raise click.UsageError("no images found in the given inputs")
 
-    from cwox.models import load_model
-    from online.engine import Engine
-    from online.explainers import available_explainers
+    from cwox.core.models import load_model
+    from cwox.online.engine import Engine
+    from cwox.online.explainers import available_explainers
 
     explainer = explainer.lower()
     if explainer not in available_explainers():
@@ -162,7 +162,7 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
 
     from tqdm import tqdm
 
-    from online.report import IndexEntry, write_index, write_report
+    from cwox.online.report import IndexEntry, write_index, write_report
 
     out = Path(out_dir)
     used: set[str] = set()
@@ -200,9 +200,9 @@ def _ask(paths, classifier, explainer, why_p, rather_q, other_image, params, bat
     """``--why P [--rather-than Q | --other IMAGE2]``: the explainer's own pair of maps per image."""
     import numpy as np
 
-    from cwox.images import ImageError, load_image
-    from online.explainers import get_explainer
-    from online.question import (
+    from cwox.core.images import ImageError, load_image
+    from cwox.online.explainers import get_explainer
+    from cwox.online.question import (
         QUESTION_MAPS,
         answer_question,
         resolve_classes,

@@ -23,14 +23,14 @@ _FORMAT_SUFFIX = {"bif": ".bif", "json": ".json"}
 
 
 def _store_errors() -> tuple[type[BaseException], ...]:
-    from store.formats import TreeFormatError
-    from store.trees import TreeStoreError
+    from cwox.store.formats import TreeFormatError
+    from cwox.store.trees import TreeStoreError
 
     return (TreeStoreError, TreeFormatError, ValueError, FileNotFoundError, PermissionError, OSError)
 
 
 def _load(store: str, version: str):
-    from store.trees import load_tree
+    from cwox.store.trees import load_tree
 
     try:
         return load_tree(store, version)
@@ -94,7 +94,7 @@ def parse_labels(text: str, class_names: Sequence[str]) -> list[int]:
 
 def cluster_lines(tree, labels: Sequence[int] | None = None, level: int = 1, limit: int | None = None) -> list[str]:
     """One line per cluster at ``level``: ``Z12 (3): tiger cat, tabby, Egyptian cat``."""
-    from hlta.tree import cluster_of
+    from cwox.hlta.tree import cluster_of
 
     names = tree.graph["class_names"]
     groups: dict[str, list[int]] = {}
@@ -168,7 +168,7 @@ def _summary_line(tree) -> str:
 def fit_tree(docs, out, do_publish, ud_threshold, max_island, max_top, seed):
     """Fit a hierarchical latent tree (PEM-HLTA) on the documents store DOCS and
     save it as a new version of the tree store --out."""
-    from pipelines.trees import fit_tree as fit
+    from cwox.pipelines.trees import fit_tree as fit
 
     try:
         res = fit(os.path.abspath(docs), out, publish=do_publish, ud_threshold=ud_threshold,
@@ -219,7 +219,7 @@ def show(store, version, labels, level):
 
 
 def _cluster_ids(t, labels, level):
-    from hlta.tree import cluster_of
+    from cwox.hlta.tree import cluster_of
 
     return cluster_of(t, labels, level=level).values()
 
@@ -232,7 +232,7 @@ def _cluster_ids(t, labels, level):
 @click.option("--version", "version", default="latest", show_default=True, help="Version to export.")
 def export(store, fmt, out, version):
     """Write a tree version as BIF or as HLTA nodes.json."""
-    from store.formats import to_bif, to_nodes_json
+    from cwox.store.formats import to_bif, to_nodes_json
 
     t = _load(store, version)
     try:
@@ -253,8 +253,8 @@ def export(store, fmt, out, version):
 @click.option("--publish", "do_publish", is_flag=True, help="Publish the imported version.")
 def import_(file, out, class_names, model, fmt, do_publish):
     """Add a tree from a BIF or HLTA nodes.json FILE as a new version of --out."""
-    from store.formats import from_bif, from_nodes_json, read_class_names
-    from store.trees import save_tree
+    from cwox.store.formats import from_bif, from_nodes_json, read_class_names
+    from cwox.store.trees import save_tree
 
     if fmt == "auto":
         fmt = "bif" if file.lower().endswith(".bif") else "json"
@@ -275,7 +275,7 @@ def import_(file, out, class_names, model, fmt, do_publish):
 @click.argument("store", type=click.Path())
 def versions(store):
     """List the versions of a tree store; the published one is marked with '*'."""
-    from store.trees import list_versions, tree_info
+    from cwox.store.trees import list_versions, tree_info
 
     try:
         for vid in list_versions(store):
@@ -293,7 +293,7 @@ def versions(store):
 @click.argument("version")
 def publish_(store, version):
     """Make VERSION the version online readers load (atomic)."""
-    from store.trees import publish
+    from cwox.store.trees import publish
 
     try:
         click.echo(f"published {publish(store, version)} of {store}")
@@ -306,7 +306,7 @@ def publish_(store, version):
 @click.option("--keep", type=click.IntRange(min=0), required=True, help="How many newest versions to keep.")
 def prune_(store, keep):
     """Delete old versions, keeping the --keep newest and the published one."""
-    from store.trees import prune
+    from cwox.store.trees import prune
 
     try:
         removed = prune(store, keep)

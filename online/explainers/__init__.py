@@ -8,7 +8,7 @@ To add one (CCE, SUNY, FG-VCE...): write ``online/explainers/<name>.py`` with a
 ``@register("<name>")`` subclass of :class:`Explainer`, and add one line below.
 """
 
-from online.explainers.base import (
+from cwox.online.explainers.base import (
     Explainer,
     ExplainSession,
     available_explainers,
@@ -21,11 +21,11 @@ from online.explainers.base import (
 
 #: name -> "module:Class", imported lazily by :func:`get_explainer`.
 BUILTIN: dict[str, str] = {
-    "gradcam": "online.explainers.gradcam:GradCAM",
-    "rise": "online.explainers.rise:RISE",
-    "suny": "online.explainers.suny:SUNY",
-    "cce": "online.explainers.cce:CCE",
-    "fgvce": "online.explainers.fgvce:FGVCE",
+    "gradcam": "cwox.online.explainers.gradcam:GradCAM",
+    "rise": "cwox.online.explainers.rise:RISE",
+    "suny": "cwox.online.explainers.suny:SUNY",
+    "cce": "cwox.online.explainers.cce:CCE",
+    "fgvce": "cwox.online.explainers.fgvce:FGVCE",
 }
 
 __all__ = [

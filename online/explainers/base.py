@@ -2,7 +2,7 @@
 
 An explainer draws saliency maps for *targets* (a class id, or a compound class
 given as a set of ids, CWOX Sec. 4.1) on one image. It plays two roles in the
-whole-output modes (:mod:`online.compose`):
+whole-output modes (:mod:`cwox.online.compose`):
 
 * base role, :meth:`Explainer.explain`: one signed map ``H_t`` per target, at the
   image's size. All targets of a call share the explainer's passes (one forward
@@ -21,7 +21,7 @@ Adding an explainer: subclass :class:`Explainer`, implement
 arguments and delegates to it; use :meth:`Explainer.checked_requests` for the
 requests), and for a native contrast role :meth:`Explainer.contrast_stage`; decorate it
 with ``@register("name")``, and add ``"name": "module:Class"`` to
-:data:`online.explainers.BUILTIN` so :func:`get_explainer` finds it lazily.
+:data:`cwox.online.explainers.BUILTIN` so :func:`get_explainer` finds it lazily.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from cwox.online.targets import STAGES, Target, as_target
 from PIL import Image
 from torch import nn
 
-from cwox.devices import default_batch_size
-from cwox.models import Classifier
-from online.targets import STAGES, Target, as_target
+from cwox.core.devices import default_batch_size
+from cwox.core.models import Classifier
 
 #: name -> explainer class, filled by :func:`register` when a module is imported.
 _REGISTRY: dict[str, type[Explainer]] = {}
@@ -50,18 +50,18 @@ class Explainer:
     Args:
         classifier: the model to explain; every tensor follows ``classifier.device``.
         batch_size: images per forward (or backward) pass; bounds peak memory.
-            Defaults to :func:`cwox.devices.default_batch_size` of the device.
+            Defaults to :func:`cwox.core.devices.default_batch_size` of the device.
 
     Class attributes:
         name: the registry name.
         supports_contrast: whether :meth:`contrast` gives native contrast maps.
-        default_normalization: how :mod:`online.compose` should rescale this
+        default_normalization: how :mod:`cwox.online.compose` should rescale this
             explainer's maps before subtracting them (``"none"``/``"minmax"``/``"max"``).
         default_support: the support percentile of Eq. (2) suited to its maps.
 
     Attributes:
         last_diagnostics: JSON-ready records of what the last call did beside its
-            maps, kind -> list of records (:mod:`online.diagnostics`), e.g. FG-VCE's
+            maps, kind -> list of records (:mod:`cwox.online.diagnostics`), e.g. FG-VCE's
             and CCE's counterfactuals; ``{}`` for explainers without any. Each call
             of :meth:`contrast` starts it afresh, and so does each
             :meth:`explain_stages` of an explainer that keeps records; the engine
@@ -75,7 +75,7 @@ class Explainer:
 
     def __init__(self, classifier: Classifier, *, batch_size: int | None = None) -> None:
         if not isinstance(classifier, Classifier):
-            raise TypeError(f"classifier must be a cwox.models.Classifier, got {type(classifier).__name__}")
+            raise TypeError(f"classifier must be a cwox.core.models.Classifier, got {type(classifier).__name__}")
         self.classifier = classifier
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -172,7 +172,7 @@ class Explainer:
 
     @staticmethod
     def check_targets(targets: Sequence[Target | Iterable[int]], n_classes: int) -> list[Target]:
-        """Targets normalised by :func:`online.targets.as_target`, checked against ``n_classes``."""
+        """Targets normalised by :func:`cwox.online.targets.as_target`, checked against ``n_classes``."""
         if isinstance(targets, (int, frozenset)) or not isinstance(targets, Sequence):
             raise TypeError("targets must be a sequence of class ids / sets of class ids")
         out = [as_target(t) for t in targets]
@@ -338,7 +338,7 @@ def register(name: str):
 
 def explainer_class(name: str) -> type[Explainer]:
     """The class registered as ``name``, importing its module on first use."""
-    from online.explainers import BUILTIN
+    from cwox.online.explainers import BUILTIN
 
     key = str(name).lower()
     if key not in _REGISTRY and key in BUILTIN:
@@ -361,6 +361,6 @@ def get_explainer(name: str, classifier: Classifier, **params: Any) -> Explainer
 
 def available_explainers() -> list[str]:
     """Names :func:`get_explainer` accepts."""
-    from online.explainers import BUILTIN
+    from cwox.online.explainers import BUILTIN
 
     return sorted(set(_REGISTRY) | set(BUILTIN))

@@ -31,7 +31,7 @@ each min-max normalised into [0, 1] and upsampled bilinearly to the image. The
 appendix's mixed map ``M_p = alpha * M_sup + (1 - alpha) * M_pro`` (alpha = 0.7)
 is the single map the paper compares with other saliency methods (Table 2).
 
-Roles in CWOX (:mod:`online.compose`):
+Roles in CWOX (:mod:`cwox.online.compose`):
 
 * base role, :meth:`CCE.explain`: the *mixed* map of "why t" (Eq. 1) for each
   target, because that is the single saliency map the paper evaluates against
@@ -66,7 +66,7 @@ layers, and their per-target gradients come from one vmapped backward.
 
 Diagnostics. Each :meth:`CCE.explain_stages` / :meth:`CCE.contrast` call keeps, per
 target or pair, a JSON record of its counterfactuals in ``last_diagnostics``
-(:mod:`online.diagnostics`): the L2 norms of the perturbations against epsilon,
+(:mod:`cwox.online.diagnostics`): the L2 norms of the perturbations against epsilon,
 the top class and ``Z_P`` (``Z_Q``) before and at each counterfactual, and how many
 counterfactuals changed the top class or made the model prefer Q. All of it comes
 from the forwards the maps run anyway (the counterfactuals' logits are those of
@@ -80,13 +80,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from PIL import Image
-
-from cwox.batching import batch_slices
-from cwox.models import Classifier
-from online.compose import normalize_maps
-from online.diagnostics import CCE_KEY, cce_record, target_json
-from online.explainers.base import (
+from cwox.online.compose import normalize_maps
+from cwox.online.diagnostics import CCE_KEY, cce_record, target_json
+from cwox.online.explainers.base import (
     Explainer,
     capture_activations,
     check_activations,
@@ -94,7 +90,11 @@ from online.explainers.base import (
     stage_groups,
     upsample,
 )
-from online.targets import Target, as_target, members, membership_matrix
+from cwox.online.targets import Target, as_target, members, membership_matrix
+from PIL import Image
+
+from cwox.core.batching import batch_slices
+from cwox.core.models import Classifier
 
 #: The maps one question yields; ``base_map`` / ``contrast_map`` pick one of them.
 MAP_KINDS = ("positive", "negative", "mixed")
@@ -250,7 +250,7 @@ class CCE(Explainer):
         """Maps for several stages; a target asked at both stages shares its counterfactuals.
 
         ``last_diagnostics["cce_counterfactuals"]`` gets one record per (stage,
-        target), stage by stage (:func:`online.diagnostics.cce_record`): the
+        target), stage by stage (:func:`cwox.online.diagnostics.cce_record`): the
         counterfactuals of Eq. (1), their L2 norms and what they did to the logits.
         """
         self.last_diagnostics = {}

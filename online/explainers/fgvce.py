@@ -7,7 +7,7 @@ Explanations for Misclassification with Saliency Partition". Three parts:
 c``) at a layer and a grid of Gaussian kernels, one centred on every feature
 position ``k`` (Eq. 2, ``sigma = 0.8``), the reversed kernels ``G~ = 1 - G``
 (Eq. 3) attenuate ``h`` around each centre: ``H~[k] = h * G~[k]`` (Eq. 4). Each
-partitioned map goes through the rest of the network (:func:`cwox.split.split_at`)
+partitioned map goes through the rest of the network (:func:`cwox.core.split.split_at`)
 and the refined Shapley value of position ``k`` is (Eq. 1)::
 
     s[k] = p_t(h) - p_t(H~[k])
@@ -22,7 +22,7 @@ code's ReLU and min-max scaling are left out; the paper writes neither).
 **Counterfactual by feature replacement (Sec. 3.2, Eq. 5-9).** To turn the
 prediction ``P`` into ``Q``: at step ``t`` take the position ``s*`` of largest
 Shapley value ``s^(t)`` for ``P`` among positions not replaced yet, and replace
-``h[:, s*]`` by the candidate feature (from a :class:`store.reference_bank.ReferenceBank`
+``h[:, s*]`` by the candidate feature (from a :class:`cwox.store.reference_bank.ReferenceBank`
 of correctly classified images of ``Q``, top-``m`` positions each) that
 maximises ``L_tot = cos(h_{s*}, h_cand) + log p_Q(h with the candidate)``
 (Eq. 5, 6, 8, 9); stop when the prediction becomes ``Q`` or after
@@ -74,7 +74,7 @@ evidence for Q it had to bring in). When the model prefers Q to P on the image,
 the counterfactual runs the other way (Q into P) and the map is
 ``M_dom - M_inv`` of that run, so positive is always "for P". Each pair's loop
 report (steps, flipped or why it stopped, candidate pool) is kept as a JSON record
-in ``last_diagnostics`` (:mod:`online.diagnostics`), which the engine copies into
+in ``last_diagnostics`` (:mod:`cwox.online.diagnostics`), which the engine copies into
 ``Explanation.diagnostics``: a map from a loop that did not flip is the map of a
 failed search, and ``Explanation.warnings()`` says so.
 """
@@ -89,15 +89,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from cwox.online.diagnostics import FGVCE_KEY, fgvce_record, target_json
+from cwox.online.explainers.base import Explainer, register, stage_groups, upsample
+from cwox.online.targets import Target, as_target, members, membership_matrix
+from cwox.store.reference_bank import ReferenceBank, load_reference_bank
 from PIL import Image
 
-from cwox.batching import batch_slices
-from cwox.models import Classifier
-from cwox.split import ModelSplit, split_at
-from online.diagnostics import FGVCE_KEY, fgvce_record, target_json
-from online.explainers.base import Explainer, register, stage_groups, upsample
-from online.targets import Target, as_target, members, membership_matrix
-from store.reference_bank import ReferenceBank, load_reference_bank
+from cwox.core.batching import batch_slices
+from cwox.core.models import Classifier
+from cwox.core.split import ModelSplit, split_at
 
 __all__ = [
     "FGVCE",
@@ -244,10 +244,10 @@ class FGVCE(Explainer):
 
     Args:
         classifier: the model.
-        reference_bank: a :class:`~store.reference_bank.ReferenceBank`, or the path
+        reference_bank: a :class:`~cwox.store.reference_bank.ReferenceBank`, or the path
             of a store holding one (a documents store with a ``reference_bank``
             group, or the bank itself), built by
-            :func:`offline.reference_bank.build_reference_bank`. Needed for the
+            :func:`cwox.offline.reference_bank.build_reference_bank`. Needed for the
             counterfactuals (:meth:`contrast`, :meth:`why`), not for :meth:`explain`.
             The counterfactuals replace features at the bank's layer.
         cluster_layer: partition layer of stage one; default ``classifier.cluster_layer``,
@@ -400,7 +400,7 @@ class FGVCE(Explainer):
         use it); the loops of all pairs share their batches.
 
         ``last_diagnostics["fgvce_counterfactuals"]`` gets one record per pair, in
-        order (:func:`online.diagnostics.fgvce_record`): the loop's
+        order (:func:`cwox.online.diagnostics.fgvce_record`): the loop's
         :class:`CounterfactualReport` (Eq. 5-9), whether it flipped, why it
         stopped, whether its candidates came from the goal's classes.
         """
@@ -493,7 +493,7 @@ class FGVCE(Explainer):
         if self.bank is None:
             raise ValueError(
                 "FG-VCE's counterfactuals need a reference bank of correctly classified images: "
-                "build one with offline.reference_bank.build_reference_bank (or cwox documents "
+                "build one with cwox.offline.reference_bank.build_reference_bank (or cwox documents "
                 "--reference-bank) and pass reference_bank=..."
             )
         if self._bank_tensors is None:

@@ -37,11 +37,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from PIL import Image
-
-from cwox.batching import batch_slices
-from cwox.models import Classifier
-from online.explainers.base import (
+from cwox.online.explainers.base import (
     Explainer,
     ExplainSession,
     capture_activations,
@@ -50,7 +46,11 @@ from online.explainers.base import (
     stage_groups,
     upsample,
 )
-from online.targets import Target, members, target_logits
+from cwox.online.targets import Target, members, target_logits
+from PIL import Image
+
+from cwox.core.batching import batch_slices
+from cwox.core.models import Classifier
 
 
 @register("gradcam")

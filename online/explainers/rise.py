@@ -39,12 +39,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from cwox.online.explainers.base import Explainer, register, stage_groups
+from cwox.online.targets import Target, membership_matrix
 from PIL import Image
 
-from cwox.batching import batch_slices
-from cwox.models import Classifier
-from online.explainers.base import Explainer, register, stage_groups
-from online.targets import Target, membership_matrix
+from cwox.core.batching import batch_slices
+from cwox.core.models import Classifier
 
 
 @dataclass(frozen=True)

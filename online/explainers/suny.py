@@ -25,7 +25,7 @@ prunes the layer's filters instead: a removed cause's channel of the layer's
 output is set to zero (setting a conv filter's weights to zero does exactly
 that for a bias-free conv such as EfficientNet's ``_conv_head``), a kept set
 zeroes every other channel. The network is cut at the layer with
-:func:`cwox.split.split_at`: the front runs once per image and every batch of
+:func:`cwox.core.split.split_at`: the front runs once per image and every batch of
 pruned variants runs only the rest.
 
 Algorithm 1:
@@ -88,14 +88,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from cwox.online.compose import normalize_maps
+from cwox.online.explainers.base import (
+    Explainer,
+    capture_activations,
+    register,
+    stage_groups,
+    upsample,
+)
+from cwox.online.targets import Target, members, membership_matrix
 from PIL import Image
 
-from cwox.batching import batch_slices
-from cwox.models import Classifier
-from cwox.split import ModelSplit, split_at
-from online.compose import normalize_maps
-from online.explainers.base import Explainer, capture_activations, register, stage_groups, upsample
-from online.targets import Target, members, membership_matrix
+from cwox.core.batching import batch_slices
+from cwox.core.models import Classifier
+from cwox.core.split import ModelSplit, split_at
 
 #: Hypothesised cause types of Alg. 1: feature maps as input masks, or filters pruned.
 CAUSE_TYPES = ("feature", "filter")
@@ -211,7 +217,7 @@ class _Interventions:
         self.cache: dict[_Key, torch.Tensor] = {(False, ()): self.logits0}
         self.split: ModelSplit | None = None
         if cause == "filter":
-            # The front runs once; each batch runs only the rest of the network (cwox.split).
+            # The front runs once; each batch runs only the rest of the network (cwox.core.split).
             self.split = split_at(clf, layer)
             with torch.inference_mode():
                 self.front_act = self.split.front(x.unsqueeze(0).to(clf.device))
@@ -272,7 +278,7 @@ class _Interventions:
     def _filter_batch(self, idx: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Filter pruning: zero the layer's removed channels (remove) or all the others (keep).
 
-        The gated activations go through ``rest`` of :func:`cwox.split.split_at`
+        The gated activations go through ``rest`` of :func:`cwox.core.split.split_at`
         (the layer's front is not recomputed when the model traces; with the
         split's hook fallback, ``front`` is re-run first so ``rest`` sees this image).
         """

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cwox.batching import batch_slices
-from cwox.devices import default_batch_size
+from cwox.core.batching import batch_slices
+from cwox.core.devices import default_batch_size
 
 #: ``model`` is anything mapping a normalised ``B x C x H x W`` batch to ``B x K`` logits.
 Model = Callable[[torch.Tensor], torch.Tensor]
@@ -130,7 +130,7 @@ def pair_indices(n_maps: int, n_items: int, items: str) -> tuple[np.ndarray, np.
 
 
 def resolve_batch_size(batch_size: int | None, device: torch.device) -> int:
-    """``None`` means the shared default for the device (:func:`cwox.devices.default_batch_size`)."""
+    """``None`` means the shared default for the device (:func:`cwox.core.devices.default_batch_size`)."""
     return (
         default_batch_size(device)
         if batch_size is None

@@ -2,7 +2,7 @@
 
 Notation of the paper. ``H`` is a heatmap over the ``n`` pixels of the image ``x``;
 ``x_1, ..., x_n`` are the pixels in descending order of ``H`` (ties: raster order, see
-:func:`online.metrics._batch.pixel_ranks`); ``x_[r,n]`` is ``x`` with its first ``r - 1``
+:func:`cwox.online.metrics._batch.pixel_ranks`); ``x_[r,n]`` is ``x`` with its first ``r - 1``
 pixels deleted (all channels replaced by the substrate). For a target class set ``c`` and a
 contrast set ``C'`` (P of a set = sum of softmax probabilities):
 
@@ -197,7 +197,7 @@ def contrastive_scores(
             heatmap's own ``n_delta``.
         tau: CDROP's penalty scale; default ``0.05 n``.
         substrate: ``"zero"``, ``"blur"`` or a ``C x H x W`` tensor of replacement values.
-        batch_size: images per forward pass (default: :func:`cwox.devices.default_batch_size`).
+        batch_size: images per forward pass (default: :func:`cwox.core.devices.default_batch_size`).
         compute: which of ``"cauc"``, ``"cdrop"`` to compute (the other is NaN).
 
     Every deletion image of every heatmap goes through the model in full batches; images

@@ -107,7 +107,7 @@ def causal_curves(
         mode: ``"deletion"`` (image -> substrate) or ``"insertion"`` (substrate -> image).
         step: fraction of pixels per step (CCE 0.036, FG-VCE 0.018) or a pixel count.
         substrate: ``"blur"`` (default, as CCE/FG-VCE), ``"zero"`` or a ``C x H x W`` tensor.
-        batch_size: images per forward pass (default: :func:`cwox.devices.default_batch_size`).
+        batch_size: images per forward pass (default: :func:`cwox.core.devices.default_batch_size`).
     """
     image = check_image(image)
     maps = check_heatmaps(heatmaps, image, batched=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cwox.batching import batch_slices
+from cwox.core.batching import batch_slices
 
 from ._batch import ClassSet, Model, check_class_set, eval_mode, resolve_batch_size
 

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cwox.devices import resolve_device, tune_cpu_allocator
+from cwox.core.devices import resolve_device, tune_cpu_allocator
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -84,7 +84,7 @@ class Classifier:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def __post_init__(self) -> None:
-        tune_cpu_allocator()  # CPU forward passes of whole batches; see cwox.devices
+        tune_cpu_allocator()  # CPU forward passes of whole batches; see cwox.core.devices
         self.module.eval()
         if not self.cluster_layer or not self.class_layer:
             cluster, klass = probe_layers(self.module, self.input_size, self.device)

@@ -43,7 +43,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from cwox.models import Classifier
+from cwox.core.models import Classifier
 
 __all__ = ["ModelSplit", "split_at"]
 
@@ -97,7 +97,7 @@ def _module_and_name(model: Classifier | nn.Module, layer: str) -> nn.Module:
 
 
 def split_at(model: Classifier | nn.Module, layer: str) -> ModelSplit:
-    """Cut ``model`` (a :class:`~cwox.models.Classifier` or its module) after ``layer``.
+    """Cut ``model`` (a :class:`~cwox.core.models.Classifier` or its module) after ``layer``.
 
     Args:
         model: the classifier (or an ``nn.Module`` mapping a normalised batch to logits).
