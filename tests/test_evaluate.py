@@ -57,8 +57,8 @@ def cli_run(setup):
     out = setup["root"] / "out"
     res = CliRunner().invoke(main, [
         "evaluate", str(setup["photos"]), "--tree", str(setup["store"]), "--device", "cpu",
-        "--explainers", "gradcam,rise", "--n-masks", "24", "--step", str(STEP),
-        "--curve-points", "5", "--quiet", "--out", str(out),
+        "--explainers", "gradcam,rise", "--n-masks", "24", "-p", "rise.class_n_masks=24", "--step", str(STEP),
+        "--modes", ",".join(MODES), "--curve-points", "5", "--quiet", "--out", str(out),
     ], catch_exceptions=False)
     with (out / "results.csv").open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
@@ -197,8 +197,8 @@ def test_role_decides_whether_cwox2s_takes_native_contrasts(setup, default_class
     params = {"reference_bank": photo_crop_bank(clf), "max_steps": 2, "class_layer": clf.cluster_layer}
     maps = {}
     for role in ("auto", "base"):
-        engine = EvaluationSetup.build(explainers=["fgvce"], explainer_params={"fgvce": params}, role=role).engines(
-            clf, setup["tree"])["fgvce"]
+        engine = EvaluationSetup.build(explainers=["fgvce"], explainer_params={"fgvce": params}, role=role,
+                                       protocol="explain").engines(clf, setup["tree"])["fgvce"]
         _, exps = explain_modes(engine, image, ("swox", "cwox2s"))
         ref = Engine(clf, setup["tree"], "fgvce", "cwox2s", cum=0.95, max_k=5, explainer_params=params,
                      role="contrast" if role == "auto" else "base").explain(image)
