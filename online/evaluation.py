@@ -474,7 +474,7 @@ def _worker_evaluate(
     path: str, spec, tree: nx.DiGraph | None, setup: EvaluationSetup, cluster_tree: nx.DiGraph | None = None
 ) -> list[dict[str, Any]]:
     """Dask task: explain and score one image; model and engines cached per worker process."""
-    from cwox.offline.worker import worker_model
+    from cwox.core.models import worker_model
 
     key = (spec, id(tree), id(cluster_tree), setup)
     if key not in _WORKER_ENGINES:
