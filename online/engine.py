@@ -5,7 +5,9 @@ Algorithm 1 of the CWOX paper, online phase:
 1. feed the image to the model, keep the top-K classes (fixed K, or the
    smallest K whose cumulative probability exceeds a threshold, capped);
 2. restrict the latent tree to them and cut it at level 1 into confusion
-   clusters (labels absent from the tree are clusters of their own);
+   clusters (labels absent from the tree are clusters of their own); for the
+   ablation "does the tree matter?" the clusters can come from another source
+   (:func:`cwox.online.targets.source_clusters`);
 3. collect EVERY target all stages of the mode need (clusters, their
    complements, classes, their in-cluster rests: :func:`cwox.online.targets.plan_targets`)
    and ask the explainer for all of them at once (:meth:`ExplainSession.explain_stages`:
@@ -23,6 +25,9 @@ Algorithm 1 of the CWOX paper, online phase:
 
 Everything runs on ``classifier.device``; the result is an
 :class:`cwox.online.explanation.Explanation` with per-phase timings.
+:meth:`Engine.explain_modes` gives several modes' explanations from one clean
+forward and one set of base maps (evaluation uses it); :meth:`Engine.explain` is
+its one-mode case.
 """
 
 from __future__ import annotations

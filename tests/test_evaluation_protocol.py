@@ -24,28 +24,10 @@ from cwox.online.metrics import (
 )
 from cwox.online.targets import nearest_logit_classes, plan_targets, source_clusters
 from PIL import Image
+from test_explainers import N_CLASSES, TinyNet  # the tiny CNN of the explainer tests
 from torch import nn
 
 from cwox.core.models import from_module
-
-N_CLASSES = 8
-
-
-class TinyNet(nn.Module):
-    """64x64 input, a 16x16 'features' layer and an 8x8 'head' layer, random fixed weights."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        gen = torch.Generator().manual_seed(3)
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-                                      nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
-        self.head = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU())
-        self.fc = nn.Linear(32, N_CLASSES)
-        for p in self.parameters():
-            p.data = torch.randn(p.shape, generator=gen) * 0.3
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.head(self.features(x)).mean(dim=(2, 3)))
 
 
 @pytest.fixture(scope="module")
