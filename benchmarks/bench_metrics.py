@@ -149,7 +149,8 @@ def quantus_side_by_side(n_images: int, step: int, batch_size: int | None, devic
     """The single-class deletion curve (pixel flipping) of cwox and of Quantus, side by side.
 
     Same model (EfficientNet-Lite0), the same ``n_images`` scikit-image photos, the same
-    heatmaps (the smoothed input-gradient map of the top class, as above), the same curve:
+    heatmaps (the smoothed input-gradient map of the top class against the rest of the top
+    5, as above), the same curve:
     the top class's softmax probability after deleting the ``k * step`` most salient
     pixels, ``k = 1 .. n / step``, deleted pixels set to 0 in the normalised input (cwox's
     ``"zero"`` substrate; Quantus's ``PixelFlipping`` with ``perturb_baseline=0.0`` and
@@ -167,8 +168,10 @@ def quantus_side_by_side(n_images: int, step: int, batch_size: int | None, devic
     names = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field")[:n_images]
     images = torch.stack([clf.preprocess(Image.fromarray(getattr(skimage.data, nm)())) for nm in names]).to(device)
     with torch.inference_mode():
-        top = model(images).argmax(1).tolist()
-    maps = torch.cat([gradient_maps(model, images[i], [([top[i]], [top[i]])]) for i in range(len(names))])
+        top5 = model(images).topk(5, dim=1).indices.tolist()
+    top = [t[0] for t in top5]
+    # the map of (top class, rest of the top-5), as the CAUC benchmark above draws them
+    maps = torch.cat([gradient_maps(model, images[i], [([t[0]], t[1:])]) for i, t in enumerate(top5)])
     n = maps.shape[1] * maps.shape[2]
     if n % step:
         raise SystemExit(f"--step must divide the {n} pixels so that both curves have the same points")
