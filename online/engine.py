@@ -8,7 +8,7 @@ Algorithm 1 of the CWOX paper, online phase:
    clusters (labels absent from the tree are clusters of their own);
 3. collect EVERY target all stages of the mode need (clusters, their
    complements, classes, their in-cluster rests: :func:`cwox.online.targets.plan_targets`)
-   and ask the explainer for all of them at once (:meth:`ExplainSession.explain_stages`:
+   and ask the explainer for all of them at once (:meth:`ExplainSession.base_role`:
    Grad-CAM reuses the top-K forward for both layers and batches its backward
    passes, RISE runs one set of masked passes);
 4. compose the maps with the mode's formula (Eq. 1 and 2 for CWOX-2s,
@@ -17,9 +17,10 @@ Algorithm 1 of the CWOX paper, online phase:
    the pairs are not drawn at all, only those the formula still reads
    (:meth:`cwox.online.targets.TargetPlan.base_targets`: a class alone in its
    cluster, a lone cluster); the composed maps are the same;
-5. gather what the explainer recorded beside its maps (FG-VCE's and CCE's
-   counterfactual reports, :mod:`cwox.online.diagnostics`) into
-   ``Explanation.diagnostics``.
+5. gather what each explainer call gave back beside its maps (its
+   :class:`cwox.online.explainers.Answer`: FG-VCE's and CCE's counterfactual
+   records, :mod:`cwox.online.diagnostics`, into ``Explanation.diagnostics``;
+   SUNY's necessity and sufficiency maps into ``Explanation.extra_maps``).
 
 Everything runs on ``classifier.device``; the result is an
 :class:`cwox.online.explanation.Explanation` with per-phase timings.
@@ -134,11 +135,7 @@ class Engine:
         if self.explainer.classifier is not classifier:
             raise ValueError("the explainer is bound to another classifier")
         if role == "contrast" and not self.explainer.supports_contrast:
-            raise ValueError(
-                f"explainer {self.explainer.name!r} has no native contrast role"
-                + (" without a reference bank" if self.explainer.name == "fgvce" else "")
-                + "; use --role base"
-            )
+            raise ValueError(f"{self.explainer.no_contrast_message()}; use --role base")
         self.role = "contrast" if role == "auto" and self.explainer.supports_contrast else (
             "base" if role == "auto" else role)
         self.support = float(self.explainer.default_support if support is None else support)
@@ -215,19 +212,22 @@ class Engine:
             # In the contrast role a pair's native map replaces H_fact - H_foil, so only
             # the base maps the formula still reads are drawn (plan.base_targets).
             needed = plan.base_targets(with_contrasts=self.role == "contrast")
-            # Each explainer call leaves its own records (counterfactual reports) in
-            # last_diagnostics: gather them after every call, in call order.
-            diagnostics: dict[str, list[dict[str, Any]]] = {}
-            self.explainer.last_diagnostics = {}  # nothing left over from earlier calls
-            drawn = session.explain_stages(needed)
-            merge_diagnostics(diagnostics, self.explainer.last_diagnostics)
-            maps = _full_stacks(plan.stage_targets, needed, drawn, tuple(x.shape[-2:]), dev)
+            # Each call answers with its maps, extra maps and records (counterfactual
+            # reports): gather the last two in call order.
+            answer = session.base_role(needed)
+            answers = [answer]
+            maps = _full_stacks(plan.stage_targets, needed, answer.maps, tuple(x.shape[-2:]), dev)
             contrasts = None
             if self.role == "contrast":
                 contrasts = {}
                 for stage, pairs in plan.contrast_pairs().items():
-                    contrasts[stage] = session.contrast(pairs, stage=stage)
-                    merge_diagnostics(diagnostics, self.explainer.last_diagnostics)
+                    answers.append(session.contrast_role(pairs, stage=stage))
+                    contrasts[stage] = answers[-1].maps[stage]
+            diagnostics: dict[str, list[dict[str, Any]]] = {}
+            extra_maps: dict[str, torch.Tensor] = {}
+            for a in answers:
+                merge_diagnostics(diagnostics, a.diagnostics)
+                extra_maps.update(a.extra_maps)
             lap("maps")
 
         maps = {stage: normalize_maps(m.float(), self.normalization) for stage, m in maps.items()}
@@ -253,10 +253,7 @@ class Engine:
             class_maps=out_class,
             settings=settings,
             timings=timings,
-            extra_maps={
-                name: m.detach().float().cpu().numpy()
-                for name, m in (getattr(self.explainer, "last_extra_maps", None) or {}).items()
-            },
+            extra_maps={name: m.detach().float().cpu().numpy() for name, m in extra_maps.items()},
             diagnostics=diagnostics,
         )
 

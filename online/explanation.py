@@ -87,6 +87,9 @@ class Explanation:
         class names come from the records, else from the top classes, else the id.
         Empty when nothing needs saying (always, for explainers without diagnostics).
         """
+        from cwox.online.explainers import known_explainer
+
+        known_explainer(self.explainer)  # its kinds of records say which sentences to write
         names = {str(c): n for c, n in zip(self.classes, self.class_names, strict=True)}
         return diagnostic_warnings(self.diagnostics, names)
 

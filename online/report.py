@@ -40,7 +40,7 @@ from typing import IO, Any
 from urllib.parse import quote
 
 import numpy as np
-from cwox.online.diagnostics import CCE_KEY, FGVCE_KEY, diagnostic_warnings, question_text
+from cwox.online.diagnostics import Row, diagnostic_tables, diagnostic_warnings
 from cwox.online.explanation import Explanation
 from cwox.online.render import as_rgb_uint8, check_maps, draw_grid, format_prob, panel_letter
 
@@ -369,15 +369,7 @@ def _top_table(entry: IndexEntry) -> str:
     return '<table class="top">' + "".join(rows) + "</table>"
 
 
-def _yes_no(flag: Any) -> str:
-    return "yes" if flag else "no"
-
-
-#: One table row: whether the row is marked bad, and its cells as (text, marked bad).
-_Row = tuple[bool, list[tuple[str, bool]]]
-
-
-def _table(caption: str, head: tuple[str, ...], rows: list[_Row]) -> str:
+def _table(caption: str, head: tuple[str, ...], rows: list[Row]) -> str:
     """A small ``table.top.diag`` with a caption; text escaped, bad rows and cells of class ``bad``."""
     bad = ' class="bad"'
     header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
@@ -390,68 +382,19 @@ def _table(caption: str, head: tuple[str, ...], rows: list[_Row]) -> str:
     return f'<table class="top diag"><caption>{html.escape(caption)}</caption><tr>{header}</tr>{body}</table>'
 
 
-def _fgvce_rows(records: list[Mapping[str, Any]], names: Mapping[str, str]) -> list[_Row]:
-    """One row per FG-VCE pair: question, stage, steps, flipped, stopped, pool; failures marked."""
-    return [
-        (
-            not r.get("flipped"),
-            [
-                (question_text(r, names), False),
-                (str(r.get("stage")), False),
-                (f"{r.get('steps')} / {r.get('max_steps')}", False),
-                (_yes_no(r.get("flipped")), not r.get("flipped")),
-                (str(r.get("stopped")), False),
-                (str(r.get("pool")), r.get("pool") == "all"),
-            ],
-        )
-        for r in records
-    ]
-
-
-def _cce_rows(records: list[Mapping[str, Any]], names: Mapping[str, str]) -> list[_Row]:
-    """One row per CCE question: the largest L2 norm against epsilon, top-class changes, foils reached."""
-    rows: list[_Row] = []
-    for r in records:
-        l2 = [float(v) for v in r.get("l2") or [] if v is not None]
-        n = len(r.get("l2") or [])
-        reached = r.get("reached_foil")
-        missed = reached is not None and int(reached) == 0
-        rows.append((
-            missed,
-            [
-                (question_text(r, names), False),
-                (str(r.get("stage")), False),
-                (f"{max(l2, default=float('nan')):.3g} / {float(r.get('epsilon') or float('nan')):g}", False),
-                (f"{r.get('changed_top1')} of {n}", False),
-                ("-" if reached is None else f"{reached} of {n}", missed),
-            ],
-        ))
-    return rows
-
-
 def _diagnostics_html(entry: IndexEntry) -> str:
-    """The warnings and a table per kind of counterfactual record; ``""`` without records.
+    """The warnings and a table per kind of record (declared by the explainer that wrote
+    it, :class:`cwox.online.diagnostics.RecordKind`); ``""`` without records."""
+    from cwox.online.explainers import known_explainer
 
-    FG-VCE: a row per contrast pair, a loop that did not flip a ``bad`` row and a
-    pool of every class a ``bad`` cell. CCE: a row per question, a contrast none
-    of whose counterfactuals reached the foil a ``bad`` row.
-    """
+    known_explainer(entry.explainer)  # registers its kinds of records
     diagnostics = entry.diagnostics or {}
     names = {str(int(c)): str(n) for c, n, _p in entry.top}
     parts = []
     warnings = diagnostic_warnings(diagnostics, names)
     if warnings:
         parts.append('<ul class="warnings bad">' + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>")
-    fgvce = diagnostics.get(FGVCE_KEY) or []
-    if fgvce:
-        failed = sum(not r.get("flipped") for r in fgvce)
-        caption = f"FG-VCE counterfactuals ({failed} of {len(fgvce)} did not flip)"
-        head = ("question", "stage", "steps", "flipped", "stopped", "pool")
-        parts.append(_table(caption, head, _fgvce_rows(fgvce, names)))
-    cce = diagnostics.get(CCE_KEY) or []
-    if cce:
-        head = ("question", "stage", "max L2 / epsilon", "top class changed", "reached foil")
-        parts.append(_table("CCE counterfactuals", head, _cce_rows(cce, names)))
+    parts.extend(_table(t.caption, t.head, t.rows) for t in diagnostic_tables(diagnostics, names))
     return "".join(parts)
 
 

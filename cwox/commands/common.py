@@ -134,6 +134,35 @@ def explainer_keys(name: str) -> list[str] | None:
             and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
 
 
+def dedicated_params(
+    explainers: Sequence[str], given: Mapping[str, Any]
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
+    """The values of a command's dedicated explainer options, by the explainers that declare them.
+
+    ``given`` maps an option (``"--n-masks"``) to its value (None: not given). Each
+    explainer declares its options in ``Explainer.cli_options`` (option -> parameter).
+    Returns ``({explainer: {key: value}}, {explainer: {key: option}})``, the second for
+    :func:`explainer_params`; an option no selected explainer declares is a usage error
+    that names the explainers declaring it.
+    """
+    from cwox.online.explainers import available_explainers, explainer_class
+
+    params: dict[str, dict[str, Any]] = {}
+    dedicated: dict[str, dict[str, str]] = {}
+    for option, value in given.items():
+        if value is None:
+            continue
+        takers = [n for n in explainers if option in explainer_class(n).cli_options]
+        if not takers:
+            owners = [n for n in available_explainers() if option in explainer_class(n).cli_options]
+            raise click.UsageError(f"{option} applies to --explainer {' or '.join(owners)} only")
+        for name in takers:
+            key = explainer_class(name).cli_options[option]
+            params.setdefault(name, {})[key] = value
+            dedicated.setdefault(name, {})[key] = option
+    return params, dedicated
+
+
 def explainer_params(
     items: Iterable[str],
     explainers: Sequence[str],

@@ -25,6 +25,7 @@ import click
 
 from cwox.commands.common import (
     CommandError,
+    dedicated_params,
     explainer_error,
     explainer_params,
     model_options,
@@ -94,12 +95,7 @@ def evaluate(images, model, weights, device, tree_opt, explainers, modes, metric
     names = _check_list(explainers, tuple(available_explainers()), "--explainers")
     modes = _check_list(modes, MODES, "--modes")
     metrics = _check_list(metrics, METRICS, "--metrics")
-    params: dict[str, dict] = {}
-    dedicated: dict[str, dict[str, str]] = {}
-    if n_masks is not None:
-        if "rise" not in names:
-            raise click.UsageError("--n-masks applies to the rise explainer, which is not evaluated")
-        params["rise"], dedicated["rise"] = {"n_masks": n_masks}, {"n_masks": "--n-masks"}
+    params, dedicated = dedicated_params(names, {"--n-masks": n_masks})
     for name, given in explainer_params(param_items, names, option="--explainers", dedicated=dedicated).items():
         params.setdefault(name, {}).update(given)
     if scheduler and workers:

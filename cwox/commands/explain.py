@@ -19,6 +19,7 @@ import click
 
 from cwox.commands.common import (
     CommandError,
+    dedicated_params,
     explainer_error,
     explainer_keys,
     explainer_params,
@@ -130,17 +131,10 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
     explainer = explainer.lower()
     if explainer not in available_explainers():
         raise click.UsageError(f"unknown --explainer {explainer!r}; choose one of {', '.join(available_explainers())}")
-    params, dedicated = {}, {}
-    if n_masks is not None:
-        if explainer != "rise":
-            raise click.UsageError("--n-masks applies to --explainer rise only")
-        params["n_masks"], dedicated["n_masks"] = n_masks, "--n-masks"
-    if reference_bank is not None:
-        if explainer != "fgvce":
-            raise click.UsageError("--reference-bank applies to --explainer fgvce only")
-        params["reference_bank"], dedicated["reference_bank"] = reference_bank, "--reference-bank"
+    given, dedicated = dedicated_params([explainer], {"--n-masks": n_masks, "--reference-bank": reference_bank})
+    params = given.get(explainer, {})
     params.update(explainer_params(param_items, [explainer], option="--explainer",
-                                   dedicated={explainer: dedicated}).get(explainer, {}))
+                                   dedicated=dedicated).get(explainer, {}))
     if (rather_q or other_image) and not why_p:
         raise click.UsageError("--rather-than and --other go with --why P")
     try:
@@ -201,16 +195,17 @@ def _ask(paths, classifier, explainer, why_p, rather_q, other_image, params, bat
     import numpy as np
 
     from cwox.core.images import ImageError, load_image
-    from cwox.online.explainers import get_explainer
+    from cwox.online.explainers import explainer_class, get_explainer
     from cwox.online.question import (
-        QUESTION_MAPS,
         answer_question,
+        question_explainers,
         resolve_classes,
         write_question_report,
     )
 
-    if explainer not in QUESTION_MAPS:
-        raise click.UsageError(f"--why needs --explainer {', '.join(QUESTION_MAPS)} (not {explainer})")
+    order = explainer_class(explainer).question_maps
+    if not order:
+        raise click.UsageError(f"--why needs --explainer {', '.join(question_explainers())} (not {explainer})")
     names = classifier.class_names
     try:
         fact = resolve_classes(why_p, names)
@@ -246,6 +241,6 @@ def _ask(paths, classifier, explainer, why_p, rather_q, other_image, params, bat
         meta = {"image": str(path), "explainer": explainer, "question": question,
                 "fact": fact, "foil": foil, "settings": method.settings()}
         files = write_question_report(target, np.asarray(classifier.crop(image)), answer, meta,
-                                      order=QUESTION_MAPS[explainer])
+                                      order=order)
         click.echo(f"{path}: {question} -> {files['png']}")
     return 1 if failed else 0
