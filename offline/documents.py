@@ -183,7 +183,10 @@ def build_documents(
             settings the run resumes; with other settings it is refused unless
             ``overwrite``.
         model, weights, device: the classifier (see :func:`cwox.core.models.load_model`).
-        rule: the K rule (default: top 5).
+        rule: the K rule (default: top 5). It is recorded in the store (``rule``),
+            with its ``min_k`` (rows with fewer labels are kept in the store but left
+            out of :meth:`~cwox.store.documents.Documents.label_matrix`); a resume with
+            another rule is refused, naming what changed.
         batch_size: images per forward pass (default: per device).
         workers: LocalCluster worker processes (ignored with ``scheduler``/``client``).
         scheduler: address of an existing Dask scheduler, e.g. ``tcp://10.0.0.5:8786``.
@@ -231,7 +234,8 @@ def build_documents(
             g = existing
         else:
             attrs = {**expected, "class_names": info["class_names"], "cwox_version": cwox.__version__}
-            g = create_documents(out, paths, views=views, width=rule.width, chunk_size=chunk, attrs=attrs)
+            width = rule.width_for(len(info["class_names"]))
+            g = create_documents(out, paths, views=views, width=width, chunk_size=chunk, attrs=attrs)
         done = g["done"][:]
         todo = [int(c) for c in np.flatnonzero(~done)]
         tasks = [ChunkTask(out, c, spec, rule, batch_size, seed, max_pixels) for c in todo]

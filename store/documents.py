@@ -15,8 +15,9 @@ error     str (n,)       "" or why the image could not be used
 done      bool (c,)      one flag per row chunk, set after the chunk is written
 ========  =============  =========================================================
 
-Attributes name the model, the class names, the K rule, the augmentation, the
-chunking and the creation time. Row chunks are the unit of work and of resumption:
+Attributes name the model, the class names, the K rule (``rule``, see
+:meth:`cwox.core.topk.TopKRule.describe`; its ``min_k`` says which rows make the tree
+learner's corpus), the augmentation, the chunking and the creation time. Row chunks are the unit of work and of resumption:
 a chunk is either absent (``done`` false) or complete.
 """
 
@@ -163,16 +164,30 @@ class Documents:
             seen.setdefault(str(paths[i]), str(err[i]))
         return list(seen.items())
 
-    def label_matrix(self, valid_only: bool = True) -> sp.csr_matrix:
+    @property
+    def min_k(self) -> int:
+        """Rows with fewer labels are not documents of the learner's corpus (the rule's
+        ``min_k``; 1 for stores written without one)."""
+        return int((self.group.attrs.get("rule") or {}).get("min_k", 1))
+
+    def kept_rows(self, min_k: int | None = None) -> np.ndarray:
+        """Indices of the rows that make the learner's corpus: computed, not failed,
+        and with at least ``min_k`` labels (default: the store's rule)."""
+        k = self.k().astype(np.int64)
+        return np.flatnonzero(k >= max(1, self.min_k if min_k is None else int(min_k)))
+
+    def label_matrix(self, valid_only: bool = True, min_k: int | None = None) -> sp.csr_matrix:
         """The binary documents x labels matrix (CSR, uint8) the tree learner takes.
 
-        Rows of failed images (K = 0) and of chunks not yet computed are dropped when
-        ``valid_only`` (the default); otherwise they are kept as empty rows.
+        When ``valid_only`` (the default) the rows are :meth:`kept_rows`: rows of
+        failed images (K = 0), of chunks not yet computed and with fewer than ``min_k``
+        labels (default: the store's rule, e.g. the reference's K = 1 rows) are
+        dropped; otherwise every row is kept, failed ones as empty rows.
         """
         labels = self.labels()
         k = self.k().astype(np.int64)
         if valid_only:
-            keep = k > 0
+            keep = self.kept_rows(min_k)
             labels, k = labels[keep], k[keep]
         width = labels.shape[1]
         mask = np.arange(width)[None, :] < k[:, None]
