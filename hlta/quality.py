@@ -52,7 +52,7 @@ def split_by_photo(photos: Sequence[str], test_fraction: float = 0.2, random_sta
     """
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-    uniq, inv = np.unique(np.asarray(photos, dtype=str), return_inverse=True)
+    uniq, inv = np.unique(np.array([str(p) for p in photos]), return_inverse=True)
     if len(uniq) < 2:
         raise ValueError("a held-out split by photo needs documents of at least two photos")
     n_test = min(len(uniq) - 1, max(1, round(test_fraction * len(uniq))))
