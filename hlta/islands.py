@@ -9,7 +9,8 @@ code that built the CWOX paper's trees runs it (``vaynexie/CWOX``,
 2. Repeatedly take the remaining variable ``X`` of highest MI with ``S`` (MI of a
    variable with a set = its maximum MI with a member; the reference leaves the seed
    pair out of that maximum, ``findShortestOutLink`` lines 1454-1490; we follow the
-   paper and take every member) and build
+   paper and take every member; with ``order`` the score may be normalised MI instead,
+   see :func:`cwox.hlta.data.normalized_mutual_information`) and build
    ``m1`` = the LCM on ``S + X``, where progressive EM estimates only ``P(X | Y)``
    on the data of the seed pair and ``X`` with the rest fixed, and
    ``m2`` = ``Y1`` over ``S - W``, ``Y2`` over ``{W, X}``, where progressive EM
@@ -233,11 +234,12 @@ def _singletons(idx) -> list[Island]:
 
 
 def _one_island(
-    data: PatternData, mi: np.ndarray, pool: np.ndarray, tests: IslandTests,
+    data: PatternData, mi: np.ndarray, order: np.ndarray, pool: np.ndarray, tests: IslandTests,
     rng: np.random.Generator, em: EMSettings,
 ) -> list[Island]:
     """Grow one island from the pool (a boolean mask); returns one or two islands, or
-    singletons when no pair of the pool passes the correlation test."""
+    singletons when no pair of the pool passes the correlation test. ``order``: the
+    pairwise score by which the next variable is chosen (MI, or normalised MI)."""
     idx = np.flatnonzero(pool)
     n = data.total
     if len(idx) == 1:
@@ -264,7 +266,7 @@ def _one_island(
         # X: highest MI with the island (max over all members, as the paper states;
         # the reference code leaves the seed pair out of this maximum). W: the member
         # other than the seed pair (never moved out) of highest MI with X.
-        x = int(np.argmax(np.where(rest, mi[cluster].max(axis=0), -np.inf)))
+        x = int(np.argmax(np.where(rest, order[cluster].max(axis=0), -np.inf)))
         cluster = [*cluster, x]
         P, cnt = data.patterns(cluster)
         k = len(cluster)
@@ -308,15 +310,19 @@ def _one_island(
 
 def build_islands(
     data: PatternData, mi: np.ndarray, variables: np.ndarray, tests: IslandTests,
-    rng: np.random.Generator, em: EMSettings,
+    rng: np.random.Generator, em: EMSettings, order: np.ndarray | None = None,
 ) -> list[Island]:
     """Partition ``variables`` (column indices) into islands and singletons
-    (Chen et al. 2017, Alg. BuildIslands, with the reference's correlation test)."""
+    (Chen et al. 2017, Alg. BuildIslands, with the reference's correlation test).
+
+    ``order`` (default ``mi``): the pairwise score that picks the next variable of an
+    island (the seed pair is always the pair of highest MI)."""
+    order = mi if order is None else order
     pool = np.zeros(data.n_vars, dtype=bool)
     pool[variables] = True
     islands: list[Island] = []
     while pool.any():
-        for island in _one_island(data, mi, pool, tests, rng, em):
+        for island in _one_island(data, mi, order, pool, tests, rng, em):
             islands.append(island)
             pool[island.variables] = False
     return islands

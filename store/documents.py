@@ -199,6 +199,41 @@ class Documents:
         return m
 
 
+def derive_documents(src: Documents, out: str | os.PathLike, rule) -> Documents:
+    """A new store at ``out`` with ``src``'s rows under a capped cumulative ``rule``
+    (a :class:`cwox.core.topk.TopKRule`), computed from ``src``'s stored labels.
+
+    A cumulative rule stores each row's labels sorted by probability, so the same
+    rule with a lower cap keeps the first ``min(K, cap)`` of them: exactly what the
+    documents pipeline would have written with that rule (same classifier, same
+    views). ``src`` must be complete and use a cumulative rule with the same
+    threshold and no lower cap. The new store records ``derived_from``.
+    """
+    have = src.attrs.get("rule") or {}
+    if not src.complete:
+        raise ValueError("derive documents from a complete store only")
+    if have.get("kind") != "cum" or rule.cum is None or float(have["cum"]) != float(rule.cum):
+        raise ValueError(f"cannot derive rule {rule.describe()} from a store made with {have}")
+    if rule.max_k is None or (have.get("max_k") is not None and rule.max_k > int(have["max_k"])):
+        raise ValueError(f"cannot derive rule {rule.describe()} (a cap above the store's) from {have}")
+    attrs = {key: value for key, value in src.attrs.items()
+             if key not in ("format", "n_images", "n_documents", "views_per_image", "width", "chunk_size", "created")}
+    attrs["rule"] = rule.describe()
+    attrs["derived_from"] = {"store": str(Path(str(src.group.store.root)).resolve())
+                             if hasattr(src.group.store, "root") else None, "rule": have}
+    views = int(src.attrs["views_per_image"])
+    width = min(int(rule.max_k), int(src.attrs["width"]))
+    paths = src.paths()[::views]
+    g = create_documents(out, [str(p) for p in paths], views=views, width=width,
+                         chunk_size=int(src.attrs["chunk_size"]), attrs=attrs)
+    g["labels"][:] = src.labels()[:, :width]
+    g["probs"][:] = src.probs()[:, :width]
+    g["k"][:] = np.minimum(src.k(), width).astype(np.int16)
+    g["error"][:] = src.errors()
+    g["done"][:] = True
+    return Documents(g)
+
+
 def open_documents(path: str | os.PathLike) -> Documents:
     """Open an existing documents store for reading; a clear error if it is not one."""
     p = Path(path)
