@@ -67,8 +67,9 @@ CONFIGS = {
     "this": {},
     "no-ct": {"ct_threshold": None},
     "full-n": {"bic_batch": None},
-    "before": {"ct_threshold": None, "bic_batch": None},
-    "reference": {"ct_threshold": 3.0, "bic_batch": 5000, "max_island": 10, "max_top": 15},
+    "mi-order": {"candidate_order": "mi"},
+    "before": {"ct_threshold": None, "bic_batch": None, "candidate_order": "mi"},
+    "reference": {"ct_threshold": 3.0, "bic_batch": 5000, "max_island": 10, "max_top": 15, "candidate_order": "mi"},
 }
 
 

@@ -18,8 +18,10 @@ Builders:
 
 * ``HLTA (this)``: :class:`cwox.hlta.HLTA` with its defaults;
 * ``HLTA (reference settings)``: the reference's defaults (``HLTA.scala``): correlation
-  test 3, batch BIC of 5,000 documents, islands of at most 10, at most 15 top latents;
-* ``HLTA (before: no CT, full-N BIC)``: the learner as it was before the correlation test;
+  test 3, batch BIC of 5,000 documents, islands of at most 10, at most 15 top latents,
+  next label by MI;
+* ``HLTA (before)``: the learner as it was before this work: no correlation test,
+  full-N BIC, next label by MI;
 * ``NPMI agglomerative``: average linkage on ``1 - NPMI`` of label co-occurrence in the
   training documents, cut at the number of level-1 clusters HLTA found (labels that
   never occur in training stay alone);
@@ -162,10 +164,11 @@ def main(argv: list[str] | None = None) -> None:
     if only is None or 1 in only:
         hlta_row("HLTA (this, defaults)")
     if only is None or 2 in only:
-        hlta_row("HLTA (reference settings: CT 3, batch BIC 5000, island 10, top 15)",
-                 ct_threshold=3.0, bic_batch=5000, max_island=10, max_top=15)
+        hlta_row("HLTA (reference settings: CT 3, batch BIC 5000, island 10, top 15, MI order)",
+                 ct_threshold=3.0, bic_batch=5000, max_island=10, max_top=15, candidate_order="mi")
     if only is None or 3 in only:
-        hlta_row("HLTA (before: no CT, full-N BIC)", ct_threshold=None, bic_batch=None)
+        hlta_row("HLTA (before: no CT, full-N BIC, MI order)", ct_threshold=None, bic_batch=None,
+                 candidate_order="mi")
     n_clusters = n_level1 or 40
     if only is None or 4 in only:
         t0 = time.perf_counter()
