@@ -32,6 +32,7 @@ from cwox.offline.documents import build_documents
 from cwox.pipelines.photos import bundled_photos
 from cwox.pipelines.trees import fit_tree, quality_report
 from cwox.store.documents import derive_documents, open_documents
+from cwox.store.ownership import DOCUMENTS, TREES, remove_store
 
 from cwox.core.topk import TopKRule
 
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if summary.ok else 1
     if args.cap != "none":
         capped = build / f"default_docs_k{int(args.cap)}.zarr"
-        shutil.rmtree(capped, ignore_errors=True)
+        remove_store(capped, DOCUMENTS)  # only ever a documents store cwox made
         derive_documents(open_documents(docs), capped, TopKRule(k=None, cum=0.95, max_k=int(args.cap), min_k=2))
         docs = capped
     print(f"tree documents {docs}")
@@ -67,11 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     for line in quality_report(docs, random_state=args.seed).lines():
         print(f"  {line}")
     tmp = build / "default_tree.zarr"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_store(tmp, TREES)  # only ever a tree store cwox made; anything else is refused
     fit = fit_tree(docs, tmp, publish=True, random_state=args.seed)
     print(f"tree {fit.version}: {fit.n_latents} latents, BIC {fit.estimator.bic_:.6g}, {fit.seconds:.1f} s")
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
+    remove_store(out, TREES)
     shutil.copytree(tmp, out)
     print(f"embedded tree written to {out}")
     return 0 if summary.ok else 1

@@ -27,9 +27,9 @@ from cwox.commands.common import (
     topk_options,
     tree_option,
 )
+from cwox.store.default_tree import DEFAULT_TREE
 
 MODES = ("cwox2s", "cwox1sa", "cwox1sb", "swox")
-DEFAULT_TREE = Path(__file__).resolve().parent.parent / "data" / "default_tree.zarr"
 
 
 def load_tree_option(value: str, model_name: str, class_names: list[str]):
@@ -73,13 +73,10 @@ def format_clusters(explanation) -> list[str]:
     return lines
 
 
-def _unique_dir(out: Path, stem: str, used: set[str]) -> Path:
-    name, n = stem or "image", 1
-    while name in used:
-        n += 1
-        name = f"{stem}-{n}"
-    used.add(name)
-    return out / name
+def _unique_dir(out: Path, image_path: str, used: set[str]) -> Path:
+    from cwox.online.report import report_folder
+
+    return report_folder(out, image_path, used)
 
 
 @click.command("explain", context_settings={"help_option_names": ["-h", "--help"]})
@@ -182,7 +179,7 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
             entries.append(IndexEntry.failed(path, f"{type(exc).__name__}: {exc}"))
             tqdm.write(f"failed {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
-        target = _unique_dir(out, Path(path).stem, used)
+        target = _unique_dir(out, path, used)
         write_report(result, target)
         entries.append(IndexEntry.from_explanation(result, target))
         lines = [f"{path} -> {target}/ ({result.timings['total']:.2f} s)", *format_clusters(result)]
@@ -242,7 +239,7 @@ def _ask(paths, classifier, explainer, why_p, rather_q, other_image, params, bat
             continue
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
-        target = _unique_dir(out, Path(path).stem, used)
+        target = _unique_dir(out, path, used)
         meta = {"image": str(path), "explainer": explainer, "question": question,
                 "fact": fact, "foil": foil, "settings": method.settings()}
         files = write_question_report(target, np.asarray(classifier.crop(image)), answer, meta,
