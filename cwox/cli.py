@@ -43,6 +43,7 @@ COMMANDS: dict[str, str] = {
     "fit-tree": "cwox.commands.tree:fit_tree",
     "tree": "cwox.commands.tree:tree",
     "evaluate": "cwox.commands.evaluate:evaluate",
+    "nightly": "cwox.commands.nightly:nightly",
 }
 
 
