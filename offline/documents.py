@@ -37,7 +37,7 @@ from cwox.store.documents import (
 from cwox.store.ownership import DOCUMENTS, check_replaceable
 from tqdm.auto import tqdm
 
-import cwox
+from cwox.core import __version__
 from cwox.core.devices import cpu_count, worker_allocator_env
 from cwox.core.images import DEFAULT_MAX_PIXELS, collect_inputs
 from cwox.core.models import DEFAULT_MODEL, check_model_args
@@ -247,7 +247,7 @@ def build_documents(
             check_same_run(existing, {"class_names": info["class_names"]})
             g = existing
         else:
-            attrs = {**expected, "class_names": info["class_names"], "cwox_version": cwox.__version__}
+            attrs = {**expected, "class_names": info["class_names"], "cwox_version": __version__}
             g = create_documents(out, paths, views=views, width=rule.width, chunk_size=chunk, attrs=attrs)
         done = g["done"][:]
         todo = [int(c) for c in np.flatnonzero(~done)]

@@ -27,9 +27,9 @@ from cwox.commands.common import (
     topk_options,
     tree_option,
 )
+from cwox.store.default_tree import DEFAULT_TREE
 
 MODES = ("cwox2s", "cwox1sa", "cwox1sb", "swox")
-DEFAULT_TREE = Path(__file__).resolve().parent.parent / "data" / "default_tree.zarr"
 
 
 def load_tree_option(value: str, model_name: str, class_names: list[str]):
