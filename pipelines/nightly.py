@@ -7,8 +7,9 @@ CWOX Algorithm 1's offline phase, run as an operator schedules it:
    earlier run retried. A store made for other inputs or settings is a finished
    night's cache: it is rebuilt (it is a cwox documents store; nothing else is ever
    replaced), and the summary says why.
-2. **fit** — PEM-HLTA on the documents of all photos but a held-out share
-   (:func:`cwox.pipelines.gate.split_by_photo`), saved as a new, unpublished version.
+2. **fit** — PEM-HLTA on the documents of all photos but a held-out share, chosen
+   per photo by a hash of its path so that it stays held out night after night
+   (:func:`cwox.pipelines.gate.split_by_photo`); saved as a new, unpublished version.
 3. **gate** — the new tree against the published one on the held-out documents
    (:func:`cwox.pipelines.gate.quality_gate`). A clearly worse tree stays saved but
    unpublished, unless ``force``.
@@ -34,7 +35,13 @@ from typing import Any
 
 import numpy as np
 from cwox.offline.documents import DocumentsSummary, build_documents
-from cwox.pipelines.gate import DEFAULT_TOLERANCE, GateResult, heldout_functions, quality_gate
+from cwox.pipelines.gate import (
+    DEFAULT_TOLERANCE,
+    SPLIT_RULE,
+    GateResult,
+    quality_gate,
+    split_by_photo,
+)
 from cwox.pipelines.trees import FitResult, fit_tree
 from cwox.store._atomic import atomic_write_text
 from cwox.store.documents import StoreMismatch, open_documents
@@ -161,6 +168,9 @@ def nightly(
         try:
             summary = build_documents(inputs, docs, **kwargs)
         except StoreMismatch as exc:  # an earlier night's store for other inputs or settings
+            if (Path(docs) / "reference_bank").exists():  # costly to rebuild, not the nightly's own
+                raise ValueError(f"{exc}; it also holds a reference bank, which a rebuild would "
+                                 "delete: give the nightly job a --docs of its own") from exc
             notes.append(f"documents store rebuilt: {exc}")
             summary = build_documents(inputs, docs, overwrite=True, **kwargs)
     except (ValueError, ConnectionError, FileNotFoundError, OSError) as exc:
@@ -182,11 +192,11 @@ def nightly(
         held = np.zeros(len(photos), dtype=bool)
         if heldout > 0:
             try:
-                held = heldout_functions()[0](photos, test_fraction=heldout, random_state=seed)
+                held = split_by_photo(photos, test_fraction=heldout, random_state=seed)
             except ValueError as exc:  # e.g. a single photo: nothing to hold out
                 notes.append(f"no held-out documents ({exc}); the gate has nothing to compare on")
-        meta = {"heldout": {"fraction": heldout, "seed": seed, "photos": int(len(set(photos[held]))),
-                            "documents": int(held.sum())}}
+        split = {"rule": SPLIT_RULE, "fraction": heldout, "seed": seed}
+        meta = {"heldout": {**split, "photos": int(len(set(photos[held]))), "documents": int(held.sum())}}
         fit = fit_tree(docs, trees, publish=False, train_rows=~held, extra_meta=meta,
                        **{"random_state": seed, **(hlta_params or {})})
     except (ValueError, TreeStoreError, OSError) as exc:
@@ -203,6 +213,11 @@ def nightly(
     except (TreeStoreError, VersionNotFoundError) as exc:
         notes.append(f"the published version {previous} does not load ({exc}); not compared")
         old = None
+    if old is not None:
+        theirs = (old.graph.get("meta") or {}).get("heldout") or {}
+        if {k: theirs.get(k) for k in split} != split:
+            notes.append(f"the published version {previous} was fitted with another held-out split "
+                         f"({theirs or 'none recorded'}); it may have seen held-out photos, which favours it")
     gate = quality_gate(fit.estimator.tree_, old, X_all[held], tolerance=tolerance)
     timings["gate"] = time.perf_counter() - t
 

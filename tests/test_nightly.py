@@ -42,6 +42,22 @@ def fitted():
     return good, bad, X[600:]
 
 
+def test_held_out_photos_stay_held_out_when_photos_are_added():
+    """A photo's side depends on that photo only: the published tree, fitted on last
+    night's training photos, never scores a document it has seen."""
+    from cwox.pipelines.gate import split_by_photo
+
+    night1 = [f"/photos/{i:04d}.jpg" for i in range(300)]
+    night2 = night1 + [f"/photos/new{i:04d}.jpg" for i in range(200)]
+    rows1 = np.repeat(night1, 3)  # three views per photo, all on one side
+    held1 = split_by_photo(rows1, 0.2)
+    assert (held1.reshape(-1, 3).all(axis=1) | ~held1.reshape(-1, 3).any(axis=1)).all()
+    held2 = split_by_photo(night2, 0.2)
+    assert np.array_equal(held2[:300], held1[::3])
+    assert 0.12 < held2.mean() < 0.28
+    assert split_by_photo(["a", "b"], 0.01).sum() == 1 and split_by_photo(["a", "b"], 0.99).sum() == 1
+
+
 def test_per_document_loglik_sums_to_the_exact_likelihood(fitted):
     from cwox.hlta.tree import log_likelihood
 
@@ -98,6 +114,15 @@ def test_nightly_publishes_refuses_forces_and_rolls_back(photo_dir, tmp_path):
 
     res = run("tree", "rollback", trees)
     assert res.exit_code == 0 and "from v0003 to v0001" in res.output
+
+    # new inputs: the documents store of the earlier nights is rebuilt, and says why
+    fewer = tmp_path / "fewer.txt"
+    fewer.write_text("\n".join(str(p) for p in sorted(photo_dir.glob("*.jpg"))) + "\n")
+    res = run(*[fewer if a == photo_dir else a for a in base], "--heldout", "0")  # no gate evidence
+    assert res.exit_code == 0, res.output
+    fourth = json.loads(res.output[res.output.index("{"):res.output.rindex("}") + 1])
+    assert fourth["documents"]["documents"] == 12 and fourth["published"] == "v0004"
+    assert "rebuilt" in fourth["notes"][0] and "3 image(s) removed" in fourth["notes"][0]
 
     # nothing ran: the documents path is a folder of the user's
     user = tmp_path / "mine"
