@@ -67,7 +67,8 @@ def nightly(inputs, docs, trees, model, weights, device, top_k, cum, max_k, sche
     click.echo(text)
     if summary_out:
         atomic_write_text(summary_out, text + "\n")
-    click.echo(f"nightly: {result.status}: {result.message}", err=True)
+    kept = f" (summary kept in {result.summary_path})" if result.summary_path else ""
+    click.echo(f"nightly: {result.status}: {result.message}{kept}", err=True)
     sys.exit(result.exit_code)
 
 
