@@ -338,7 +338,8 @@ def rollback_(store):
 @click.argument("store", type=click.Path())
 @click.option("--keep", type=click.IntRange(min=0), required=True, help="How many newest versions to keep.")
 def prune_(store, keep):
-    """Delete old versions, keeping the --keep newest and the published one."""
+    """Delete old versions, keeping the --keep newest, the published one and the one
+    published before it (where `cwox tree rollback` goes)."""
     from cwox.store.trees import prune
 
     try:
