@@ -24,6 +24,8 @@ from cwox.commands.common import (
     explainer_params,
     model_options,
     param_option,
+    quiet_option,
+    silence_progress,
     topk_options,
     tree_option,
 )
@@ -112,10 +114,14 @@ def _unique_dir(out: Path, stem: str, used: set[str]) -> Path:
               help="Support percentile of Eq. (2) (default: the explainer's, Grad-CAM 50, RISE 70).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="cwox-out", show_default=True,
               help="Output folder; each image gets OUT/<image-stem>/.")
+@quiet_option
 def explain(images, model, weights, device, tree_opt, explainer, role, reference_bank, why_p, rather_q,
-            other_image, mode, top_k, cum, max_k, batch_size, seed, n_masks, param_items, support, out_dir):
+            other_image, mode, top_k, cum, max_k, batch_size, seed, n_masks, param_items, support, out_dir,
+            quiet):
     """Explain the top classes of each IMAGE (files, folders, or .txt lists of paths)."""
     from cwox.core.images import ImageError, collect_inputs
+
+    silence_progress(quiet)
 
     if top_k is not None and cum is not None:
         raise click.UsageError("give --top-k K or --cum P (with --max-k K), not both")
@@ -168,7 +174,8 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
     used: set[str] = set()
     entries = []
     failed = 0
-    bar = tqdm(paths, desc="explain", unit="image", disable=len(paths) < 3, file=sys.stderr)
+    bar = tqdm(paths, desc="explain", unit="image", disable=True if len(paths) < 3 or quiet else None,
+               file=sys.stderr)
     for path in bar:
         try:
             result = engine.explain(path)
