@@ -455,7 +455,14 @@ def _diagnostics_html(entry: IndexEntry) -> str:
     return "".join(parts)
 
 
-def _section(number: int, entry: IndexEntry, base: Path) -> str:
+def _tree_link(entry: IndexEntry, tree_href: str) -> str:
+    """A link to the tree page with this image's top classes (and so their clusters) highlighted."""
+    classes = ",".join(str(int(c)) for c, _n, _p in entry.top)
+    target = f"{tree_href}#classes={classes}&photo={quote(os.path.basename(entry.image_path))}"
+    return f'<a href="{html.escape(target)}">clusters in the tree</a>'
+
+
+def _section(number: int, entry: IndexEntry, base: Path, tree_href: str | None = None) -> str:
     anchor = f"img-{number}"
     title = f"{number}. {html.escape(entry.image_path)}"
     if not entry.ok:
@@ -484,6 +491,8 @@ def _section(number: int, entry: IndexEntry, base: Path) -> str:
         for name in (JSON_NAME, MAPS_NAME, GRID_NAME)
         if folder is not None and (folder / name).is_file()
     ]
+    if tree_href and entry.top:
+        links.append(_tree_link(entry, tree_href))
     if links:
         parts.append('<p class="links">' + "".join(links) + "</p>")
     parts.append("</section>")
@@ -495,6 +504,7 @@ def write_index(
     out_dir: str | Path,
     *,
     title: str = "cwox explanations",
+    tree_page: str | Path | None = None,
 ) -> Path:
     """Write ``out_dir/index.html`` linking every image's report.
 
@@ -505,6 +515,9 @@ def write_index(
         out_dir: where ``index.html`` goes; report folders may lie anywhere, the
             links are relative to it.
         title: the page title.
+        tree_page: the page of the tree the clusters were cut from
+            (:mod:`cwox.online.tree_page`); linked at the top, and from each image with
+            its classes highlighted.
 
     Returns:
         the path of ``index.html``.
@@ -530,11 +543,15 @@ def write_index(
         f'<p class="summary">{len(items)} image{"s" * (len(items) != 1)}: '
         f"{n_ok} explained, {n_failed} failed.</p>",
     ]
+    tree_href = _href(Path(tree_page), base) if tree_page is not None else None
+    if tree_href:
+        body.append(f'<p class="summary">Clusters cut from <a href="{html.escape(tree_href)}">this latent tree</a> '
+                    "(searchable: a class, its cluster, the levels above).</p>")
     if items:
         body.append(f"<nav><ol>{nav}</ol></nav>")
     if failures:
         body.append(f'<h2 class="bad">Failed images</h2><ul class="failures">{failures}</ul>')
-    body.extend(_section(i, e, base) for i, e in enumerate(items, 1))
+    body.extend(_section(i, e, base, tree_href) for i, e in enumerate(items, 1))
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

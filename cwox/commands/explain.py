@@ -197,7 +197,12 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
         for warning in result.warnings():  # e.g. an FG-VCE counterfactual that did not flip
             tqdm.write(f"  warning: {warning}", file=sys.stderr)
     bar.close()
-    index = write_index(entries, out)
+    tree_page = None
+    if tree is not None:  # the page of the tree the clusters come from, linked from index.html
+        from cwox.online.tree_page import PAGE_NAME, write_tree_page
+
+        tree_page = write_tree_page(tree, out / PAGE_NAME, source=tree_opt)
+    index = write_index(entries, out, tree_page=tree_page)
     click.echo(f"{len(paths) - failed} of {len(paths)} images explained; index: {index}")
     sys.exit(1 if failed else 0)
 
