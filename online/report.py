@@ -40,7 +40,14 @@ from typing import IO, Any
 from urllib.parse import quote
 
 import numpy as np
-from cwox.online.diagnostics import CCE_KEY, FGVCE_KEY, diagnostic_warnings, question_text
+from cwox.online.diagnostics import (
+    BANK_KEY,
+    CCE_KEY,
+    FGVCE_KEY,
+    bank_text,
+    diagnostic_warnings,
+    question_text,
+)
 from cwox.online.explanation import Explanation
 from cwox.online.render import as_rgb_uint8, check_maps, draw_grid, format_prob, panel_letter
 
@@ -439,6 +446,7 @@ def _diagnostics_html(entry: IndexEntry) -> str:
     diagnostics = entry.diagnostics or {}
     names = {str(int(c)): str(n) for c, n, _p in entry.top}
     parts = []
+    parts.extend(f'<p class="meta">{html.escape(bank_text(r))}</p>' for r in diagnostics.get(BANK_KEY) or [])
     warnings = diagnostic_warnings(diagnostics, names)
     if warnings:
         parts.append('<ul class="warnings bad">' + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>")

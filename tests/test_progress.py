@@ -22,31 +22,37 @@ from skimage import data
 from cwox.core import progress as progress_mod
 from cwox.core.progress import progress, quiet
 
-RISE_ARGS = ["--explainer", "rise", "--n-masks", "240", "--batch-size", "8", "--top-k", "2",
+RISE_ARGS = ["--explainer", "rise", "--n-masks", "120", "--batch-size", "8", "--top-k", "2",
              "--tree", "none", "--device", "cpu"]
 
 
-def _on_pty(cmd: list[str], env: dict[str, str], timeout: float = 240) -> tuple[int, str]:
+def _on_pty(cmd: list[str], env: dict[str, str], timeout: float = 600) -> tuple[int, str]:
     """Run ``cmd`` with stdout and stderr on a pseudo-terminal; its exit code and all it wrote."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env, close_fds=True)
     os.close(slave)
     chunks, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([master], [], [], 0.5)
-        if ready:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the child closed the terminal
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{cmd} ran longer than {timeout} s")
+            ready, _, _ = select.select([master], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            elif proc.poll() is not None:
                 break
-            if not chunk:
-                break
-            chunks.append(chunk)
-        elif proc.poll() is not None:
-            break
-    os.close(master)
-    rc = proc.wait(timeout=30)
-    return rc, b"".join(chunks).decode("utf-8", "replace")
+        return proc.wait(timeout=60), b"".join(chunks).decode("utf-8", "replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
 
 
 @pytest.mark.slow
@@ -66,7 +72,7 @@ def test_bar_on_a_terminal_not_when_piped_nor_quiet(tmp_path):
     assert "1 of 1 images explained" in hushed
 
     piped = subprocess.run([*explain, "--out", str(tmp_path / "piped")], env=env, capture_output=True,
-                           text=True, timeout=240)
+                           text=True, timeout=600)
     assert piped.returncode == 0, piped.stderr
     assert "RISE masks" not in piped.stderr + piped.stdout and "%|" not in piped.stderr
 
