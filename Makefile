@@ -20,8 +20,10 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 test: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(BIN)/python -m pytest -q --durations=15
 
+# ruff, then the import contract of setup.cfg (layers point down only; tests/import_contract.py).
 lint: install
-	$(BIN)/ruff check .
+	$(BIN)/python -m ruff check .
+	$(BIN)/python tests/import_contract.py
 
 demo: install
 	$(BIN)/python -m cwox.pipelines.demo --out $(DEMO_OUT)

@@ -24,12 +24,12 @@ import threading
 
 import torch
 from _common import timed
+from cwox.online.explainers import get_explainer
 from PIL import Image
 from skimage import data
 
 from cwox.core import progress
 from cwox.core.models import load_model
-from cwox.online.explainers import get_explainer
 
 
 def main() -> int:

@@ -32,9 +32,10 @@ from cwox.store.documents import (
     inputs_digest,
     open_documents,
 )
+from cwox.store.ownership import DOCUMENTS, check_replaceable
 from tqdm.auto import tqdm
 
-import cwox
+from cwox.core import __version__
 from cwox.core.devices import cpu_count, worker_allocator_env
 from cwox.core.images import DEFAULT_MAX_PIXELS, collect_inputs
 from cwox.core.models import DEFAULT_MODEL, check_model_args
@@ -220,7 +221,9 @@ def build_documents(
         "inputs_digest": inputs_digest(paths),
         "views_per_image": views,
     }
-    existing = _existing_store(out) if not overwrite else None
+    existing = _existing_store(out)  # refuses anything that is not a documents store
+    if overwrite:
+        existing = None  # replaced below by create_documents, which checks again
     if existing is not None:
         check_same_run(existing, expected)
 
@@ -230,7 +233,7 @@ def build_documents(
             check_same_run(existing, {"class_names": info["class_names"]})
             g = existing
         else:
-            attrs = {**expected, "class_names": info["class_names"], "cwox_version": cwox.__version__}
+            attrs = {**expected, "class_names": info["class_names"], "cwox_version": __version__}
             g = create_documents(out, paths, views=views, width=rule.width, chunk_size=chunk, attrs=attrs)
         done = g["done"][:]
         todo = [int(c) for c in np.flatnonzero(~done)]
@@ -282,13 +285,18 @@ def _maybe_client(client, scheduler: str | None, workers: int | None) -> Iterato
 
 
 def _existing_store(out: str) -> zarr.Group | None:
-    """The documents store at ``out`` opened for resuming, None if there is none."""
-    if not Path(out).exists():
+    """The documents store at ``out`` opened for resuming, None if there is none.
+
+    Anything at ``out`` that is not a documents store cwox wrote (a folder of photos,
+    a tree store) raises :class:`~cwox.store.ownership.NotOurStoreError`, with or
+    without ``overwrite``: cwox never deletes or writes into it.
+    """
+    if check_replaceable(out, DOCUMENTS) != "store":
         return None
     try:
         g = zarr.open_group(out, mode="r+")
-    except Exception as exc:  # noqa: BLE001 - zarr raises several types for non-stores
-        raise ValueError(f"{out} exists and is not a Zarr store; use --overwrite") from exc
-    if g.attrs.get("format") != FORMAT:
-        raise ValueError(f"{out} exists and is not a cwox documents store; use --overwrite")
+    except Exception as exc:  # noqa: BLE001 - zarr raises several types for damaged stores
+        raise ValueError(f"{out} is a damaged documents store ({exc}); choose another --out") from exc
+    if g.attrs.get("format") != FORMAT:  # pragma: no cover - check_replaceable read the same marker
+        raise ValueError(f"{out} is not a cwox documents store; choose another --out")
     return g

@@ -1,7 +1,8 @@
 """What one Dask task does: classify one row chunk of the documents store.
 
-The model is loaded once per worker process and cached (:func:`worker_model`), not
-once per task. A task reads its rows' paths, decodes each image once (views of one
+The model is loaded once per worker process and cached
+(:func:`cwox.core.models.worker_model`, on the ground floor since every stage runs
+Dask workers; still importable from here), not once per task. A task reads its rows' paths, decodes each image once (views of one
 image share the decode), runs the classifier in batches, applies the top-K rule,
 writes its rows and finally sets the chunk's ``done`` flag — so a killed run leaves
 either a whole chunk or none.
@@ -20,32 +21,8 @@ from cwox.offline.augment import random_view
 from cwox.core.batching import batched_forward
 from cwox.core.devices import default_batch_size
 from cwox.core.images import DEFAULT_MAX_PIXELS, ImageError, load_image
-from cwox.core.models import Classifier, load_model
+from cwox.core.models import Classifier, ModelSpec, worker_model  # noqa: F401 - re-exported
 from cwox.core.topk import TopKRule
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Enough to load the same model in any worker process."""
-
-    name: str
-    weights: str | None = None
-    device: str = "auto"
-    torch_threads: int | None = None
-
-
-_MODELS: dict[ModelSpec, Classifier] = {}
-
-
-def worker_model(spec: ModelSpec) -> Classifier:
-    """The classifier for ``spec``, loaded at most once per process."""
-    clf = _MODELS.get(spec)
-    if clf is None:
-        if spec.torch_threads:
-            torch.set_num_threads(spec.torch_threads)
-        clf = load_model(spec.name, weights=spec.weights, device=spec.device)
-        _MODELS[spec] = clf
-    return clf
 
 
 def model_info(spec: ModelSpec) -> dict:

@@ -408,7 +408,7 @@ _WORKER_ENGINES: dict[tuple, tuple[Classifier, dict[str, Engine]]] = {}
 
 def _worker_evaluate(path: str, spec, tree: nx.DiGraph | None, setup: EvaluationSetup) -> list[dict[str, Any]]:
     """Dask task: explain and score one image; model and engines cached per worker process."""
-    from cwox.offline.worker import worker_model
+    from cwox.core.models import worker_model
 
     key = (spec, id(tree), setup)
     if key not in _WORKER_ENGINES:

@@ -59,12 +59,42 @@ INDEX_NAME = "index.html"
 #: Bumped when the layout of the report files changes.
 REPORT_FORMAT = 1
 
-__all__ = ["IndexEntry", "load_report", "to_jsonable", "write_index", "write_report"]
+__all__ = ["IndexEntry", "load_report", "report_folder", "to_jsonable", "write_index", "write_report"]
 
 _EXTRA_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 # --------------------------------------------------------------------------- writing files
+
+
+def report_folder(out_dir: str | Path, image_path: str | os.PathLike, used: set[str]) -> Path:
+    """The folder for one image's report: ``out_dir/<name>``, always a direct child of ``out_dir``.
+
+    ``<name>`` is the photo's stem made safe for a folder name: no path separators,
+    no leading dots (a photo named ``...png`` has the stem ``..``, which would be the
+    parent of ``out_dir``), ``image`` when nothing is left. A name already ``used``
+    in this run, or a folder there that is not a cwox report (it holds files but no
+    ``explanation.json`` or question report ``why.json``), gets a ``-2``, ``-3``... suffix instead: a report never
+    writes into a folder of the user's.
+    """
+    out = Path(out_dir)
+    stem = re.sub(r"[\\/\x00-\x1f]", "_", Path(image_path).stem).strip().lstrip(".").strip() or "image"
+    name, n = stem, 1
+    while name in used or _foreign_folder(out / name):
+        n += 1
+        name = f"{stem}-{n}"
+    used.add(name)
+    return out / name
+
+
+def _foreign_folder(path: Path) -> bool:
+    """True when ``path`` exists and is not a report folder cwox may write into."""
+    if not (path.exists() or path.is_symlink()):
+        return False
+    if path.is_symlink() or not path.is_dir():
+        return True
+    return any(path.iterdir()) and not any((path / f).is_file() for f in (JSON_NAME, "why.json"))
+
 
 
 @contextmanager

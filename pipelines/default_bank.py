@@ -32,12 +32,15 @@ from pathlib import Path
 import torch
 from cwox.offline.reference_bank import bank_from_tensors
 from cwox.pipelines.photos import bundled_photos, fixed_views
+from cwox.store.default_tree import DEFAULT_TREE
+from cwox.store.ownership import REFERENCE_BANK, remove_store
 from cwox.store.reference_bank import ReferenceBank, save_reference_bank
 
 from cwox.core.images import ImageError, load_image
 from cwox.core.models import DEFAULT_MODEL, load_model
 
-EMBEDDED_BANK = Path(__file__).resolve().parents[1] / "cwox" / "data" / "default_bank.zarr"
+#: Beside the embedded default tree (``cwox explain`` reads it as ``DEFAULT_BANK``).
+EMBEDDED_BANK = DEFAULT_TREE.with_name("default_bank.zarr")
 
 #: Views per photo (the photo and fixed crops), reference views per class, candidates per view.
 DEFAULT_VIEWS = 4
@@ -106,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped {line}")
     out = Path(args.out)
     tmp = Path(args.build) / "default_bank.zarr"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_store(tmp, REFERENCE_BANK)  # only ever a bank cwox made; anything else is refused
     save_reference_bank(bank, tmp, group=None)
     size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
-    shutil.rmtree(out, ignore_errors=True)
+    remove_store(out, REFERENCE_BANK)
     shutil.copytree(tmp, out)
     print(f"default bank: {len(bank.image_paths)} reference views of {bank.attrs['views_seen']} "
           f"({bank.attrs['photos']} photos x {args.views}), {bank.classes.size} classes, "

@@ -20,6 +20,7 @@ from pathlib import Path
 from cwox.offline.documents import build_documents
 from cwox.pipelines.photos import bundled_photos
 from cwox.pipelines.trees import fit_tree
+from cwox.store.ownership import TREES, remove_store
 
 EMBEDDED = Path(__file__).resolve().parents[1] / "cwox" / "data" / "default_tree.zarr"
 
@@ -39,11 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     summary = build_documents(photos, docs, augment=args.augment, seed=args.seed, device="cpu")
     print("\n".join(summary.lines()))
     tmp = build / "default_tree.zarr"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_store(tmp, TREES)  # only ever a tree store cwox made; anything else is refused
     fit = fit_tree(docs, tmp, publish=True, random_state=args.seed)
     print(f"tree {fit.version}: {fit.n_latents} latents, BIC {fit.estimator.bic_:.6g}, {fit.seconds:.1f} s")
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
+    remove_store(out, TREES)
     shutil.copytree(tmp, out)
     print(f"embedded tree written to {out}")
     return 0 if summary.ok else 1

@@ -1,8 +1,9 @@
 """``make demo``: explain scikit-image's chelsea photo with the embedded default tree.
 
-Saves the photo, runs ``explain`` on it (EfficientNet-Lite0, the embedded default
-tree, Grad-CAM, CWOX-2s) and prints where the report is. Chelsea is a textbook
-confusion cluster: tiger cat / Egyptian cat / tabby.
+Saves the photo, explains it with the library (EfficientNet-Lite0, the embedded
+default tree, Grad-CAM, CWOX-2s), writes the report the CLI writes
+(``OUT/chelsea/`` and ``OUT/index.html``) and prints where it is. Chelsea is a
+textbook confusion cluster: tiger cat / Egyptian cat / tabby.
 
     python -m cwox.pipelines.demo [--out demo-out] [--explainer gradcam]
 """
@@ -15,32 +16,38 @@ from pathlib import Path
 from PIL import Image
 
 
+def run_demo(out: str | Path = "demo-out", explainer: str = "gradcam") -> Path:
+    """Explain chelsea into ``out`` and return the index page's path."""
+    from cwox.online.engine import Engine
+    from cwox.online.report import IndexEntry, write_index, write_report
+    from cwox.store.default_tree import default_tree
+    from skimage import data
+
+    from cwox.core.models import load_model
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    photo = out / "chelsea.png"
+    Image.fromarray(data.chelsea()).save(photo)
+    classifier = load_model()
+    explanation = Engine(classifier, default_tree(classifier), explainer, "cwox2s").explain(photo)
+    report = out / "chelsea"
+    write_report(explanation, report)
+    for cluster in explanation.clusters:
+        print(", ".join(f"{explanation.name_of(c)} {explanation.prob_of(c):.3f}" for c in cluster))
+    for warning in explanation.warnings():
+        print(f"warning: {warning}")
+    return write_index([IndexEntry.from_explanation(explanation, report)], out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="demo-out", help="report folder")
     ap.add_argument("--explainer", default="gradcam")
     args = ap.parse_args(argv)
-
-    from skimage import data
-
-    from cwox.commands.explain import explain
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    photo = out / "chelsea.png"
-    Image.fromarray(data.chelsea()).save(photo)
-    try:
-        explain.main(
-            [str(photo), "--tree", "default", "--explainer", args.explainer, "--mode", "cwox2s",
-             "--out", str(out)],
-            prog_name="explain",
-        )
-        code = 0
-    except SystemExit as done:  # the command ends with its exit code
-        code = done.code
-    index = out / "index.html"
-    print(f"\nreport: {index.resolve()}  (grid: {(out / 'chelsea' / 'grid.png').resolve()})")
-    return int(code or 0)
+    index = run_demo(args.out, args.explainer)
+    print(f"\nreport: {index.resolve()}  (grid: {(Path(args.out) / 'chelsea' / 'grid.png').resolve()})")
+    return 0
 
 
 if __name__ == "__main__":

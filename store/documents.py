@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import zarr
+from cwox.store.ownership import DOCUMENTS, DOCUMENTS_FORMAT, remove_store
 
-FORMAT = "cwox.documents/1"
+FORMAT = DOCUMENTS_FORMAT
 
 
 class StoreMismatch(ValueError):
@@ -60,11 +61,17 @@ def create_documents(
     chunk_size: int,
     attrs: dict[str, Any],
 ) -> zarr.Group:
-    """Create an empty documents store for ``image_paths`` x ``views`` rows."""
+    """Create an empty documents store for ``image_paths`` x ``views`` rows.
+
+    An existing documents store at ``path`` is replaced; anything else there (a folder
+    with files of its own, another kind of store) is refused with
+    :class:`~cwox.store.ownership.NotOurStoreError` and left untouched.
+    """
     n_img = len(image_paths)
     n = n_img * views
     if n == 0:
         raise ValueError("no input images")
+    remove_store(path, DOCUMENTS)
     g = zarr.open_group(str(path), mode="w")
     rows = (chunk_size,)
     g.create_array("labels", shape=(n, width), dtype="int32", chunks=(chunk_size, width), fill_value=-1)
@@ -105,6 +112,31 @@ def check_same_run(g: zarr.Group, expected: dict[str, Any]) -> None:
             + "; ".join(diffs)
             + "); use another --out or --overwrite"
         )
+
+
+def input_change(g: zarr.Group, paths: Sequence[str]) -> str | None:
+    """What differs between the images the store ``g`` was made for and ``paths``, in
+    words (``2 images added (a.jpg, b.jpg); 1 removed (c.jpg)``); None when they are the same."""
+    views = int(g.attrs.get("views_per_image", 1)) or 1
+    stored = [str(p) for p in g["path"][::views].tolist()]
+    if stored == list(paths):
+        return None
+    have, want = set(stored), set(paths)
+    parts = []
+
+    def some(items: list[str]) -> str:
+        names = [os.path.basename(p) or p for p in items]
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    added = [p for p in paths if p not in have]
+    removed = [p for p in stored if p not in want]
+    if added:
+        parts.append(f"{len(added)} image(s) added ({some(added)})")
+    if removed:
+        parts.append(f"{len(removed)} image(s) removed ({some(removed)})")
+    if not parts:
+        parts.append("the same images in another order")
+    return "; ".join(parts)
 
 
 @dataclass

@@ -486,7 +486,7 @@ def _check_tree(tree: nx.DiGraph) -> tuple[list[str], Any]:
 
 
 def _version_attrs(tree: nx.DiGraph, meta: Mapping[str, Any] | None, arrays: dict[str, np.ndarray]) -> dict:
-    from cwox import __version__
+    from cwox.core import __version__
 
     meta = dict(meta or {})
     for key in _SCORE_KEYS:

@@ -144,6 +144,7 @@ def evaluate(images, model, weights, device, tree_opt, explainers, modes, metric
         "n_images": len(paths),
         "explainer_settings": explainer_settings,
     }
+    _check_out(Path(out_dir))
     kwargs = {**setup_kwargs, "progress": not quiet}
     try:
         if scheduler or workers:
@@ -184,3 +185,21 @@ def evaluate(images, model, weights, device, tree_opt, explainers, modes, metric
                f"{out / 'settings.json'}"
                + ("" if example is None or no_plot else f", {out / 'curves.png'}"))
     sys.exit(1 if failed else 0)
+
+
+def _check_out(out: Path) -> None:
+    """--out must be new, empty, or an earlier evaluation's folder: its files are replaced,
+    so a folder of the user's (with its own ``summary.md``...) is refused before any work."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise CommandError(f"--out {out} is a file; choose a folder")
+    if not any(out.iterdir()):
+        return
+    try:
+        ours = "explainer_settings" in json.loads((out / "settings.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        ours = False
+    if not ours:
+        raise CommandError(f"--out {out} is a folder that holds other files and no earlier evaluation; "
+                           "cwox does not write into it: choose a new folder")

@@ -29,11 +29,11 @@ from cwox.commands.common import (
     topk_options,
     tree_option,
 )
+from cwox.store.default_tree import DEFAULT_TREE
 
 MODES = ("cwox2s", "cwox1sa", "cwox1sb", "swox")
-DEFAULT_TREE = Path(__file__).resolve().parent.parent / "data" / "default_tree.zarr"
 #: FG-VCE's embedded reference bank for the default model (``python -m cwox.pipelines.default_bank``).
-DEFAULT_BANK = DEFAULT_TREE.with_name("default_bank.zarr")
+DEFAULT_BANK = Path(DEFAULT_TREE).with_name("default_bank.zarr")
 
 
 def load_tree_option(value: str, model_name: str, class_names: list[str]):
@@ -77,13 +77,10 @@ def format_clusters(explanation) -> list[str]:
     return lines
 
 
-def _unique_dir(out: Path, stem: str, used: set[str]) -> Path:
-    name, n = stem or "image", 1
-    while name in used:
-        n += 1
-        name = f"{stem}-{n}"
-    used.add(name)
-    return out / name
+def _unique_dir(out: Path, image_path: str, used: set[str]) -> Path:
+    from cwox.online.report import report_folder
+
+    return report_folder(out, image_path, used)
 
 
 @click.command("explain", context_settings={"help_option_names": ["-h", "--help"]})
@@ -193,7 +190,7 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
             entries.append(IndexEntry.failed(path, f"{type(exc).__name__}: {exc}"))
             tqdm.write(f"failed {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
-        target = _unique_dir(out, Path(path).stem, used)
+        target = _unique_dir(out, path, used)
         if FGVCE_KEY in result.diagnostics:  # counterfactuals ran: say which bank, and what it lacks
             result.diagnostics[BANK_KEY] = [_bank_record(engine.explainer, bank_name, result.classes)]
         write_report(result, target)
@@ -285,7 +282,7 @@ def _ask(paths, classifier, explainer, why_p, rather_q, other_image, params, bat
             continue
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
-        target = _unique_dir(out, Path(path).stem, used)
+        target = _unique_dir(out, path, used)
         meta = {"image": str(path), "explainer": explainer, "question": question,
                 "fact": fact, "foil": foil, "settings": method.settings()}
         if getattr(method, "bank", None) is not None:  # FG-VCE: which bank, and what it lacks

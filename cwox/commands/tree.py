@@ -247,7 +247,8 @@ def export(store, fmt, out, version):
 @click.option("--out", required=True, type=click.Path(), help="Tree store to add the tree to.")
 @click.option("--class-names", type=click.Path(dir_okay=False), default=None,
               help="Class names: one per line, or a JSON list.")
-@click.option("--model", default=None, help="Model the tree was built for (checked online).")
+@click.option("--model", default=None,
+              help="Model the tree was built for (checked online); default: the one a cwox export records.")
 @click.option("--format", "fmt", type=click.Choice(["auto", "bif", "json"]), default="auto", show_default=True,
               help="File format; auto picks by the suffix (.bif, else JSON).")
 @click.option("--publish", "do_publish", is_flag=True, help="Publish the imported version.")
@@ -261,7 +262,10 @@ def import_(file, out, class_names, model, fmt, do_publish):
     try:
         names = read_class_names(class_names) if class_names else None
         t = (from_bif if fmt == "bif" else from_nodes_json)(file, class_names=names)
-        meta = {"model": model, "imported_from": os.path.abspath(file), "import_format": fmt}
+        # provenance the file carries (a cwox export: model, documents, scores), then ours
+        meta = {**(t.graph.get("meta") or {}), "imported_from": os.path.abspath(file), "import_format": fmt}
+        if model:
+            meta["model"] = model
         version = save_tree(t, out, meta=meta, publish=do_publish)
     except _store_errors() as exc:
         raise CommandError(str(exc) if not isinstance(exc, FileNotFoundError) else f"no such file: {file}") from exc

@@ -425,3 +425,30 @@ def probe_layers(net: nn.Module, size: int, device: torch.device) -> tuple[str, 
     cluster_name, cluster_shape = spatial[-1]
     finer = [n for n, s in spatial if s[-1] >= 2 * cluster_shape[-1]]
     return cluster_name, (finer[-1] if finer else cluster_name)
+
+
+# --------------------------------------------------------------------------- one model per process
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Enough to load the same model in any worker process."""
+
+    name: str
+    weights: str | None = None
+    device: str = "auto"
+    torch_threads: int | None = None
+
+
+_MODELS: dict[ModelSpec, Classifier] = {}
+
+
+def worker_model(spec: ModelSpec) -> Classifier:
+    """The classifier for ``spec``, loaded at most once per process (Dask workers of any stage)."""
+    clf = _MODELS.get(spec)
+    if clf is None:
+        if spec.torch_threads:
+            torch.set_num_threads(spec.torch_threads)
+        clf = load_model(spec.name, weights=spec.weights, device=spec.device)
+        _MODELS[spec] = clf
+    return clf
