@@ -234,3 +234,17 @@ def test_search_and_highlight_in_chromium(tmp_path):
         assert _highlight_mask(lit).sum() > 5 * _highlight_mask(shot).sum() + 2000
     finally:
         b.close()
+
+
+def test_index_links_each_image_to_the_tree_page(tmp_path):
+    from cwox.online.report import IndexEntry, write_index
+
+    page = write_tree_page(tree_from_groups(GROUPS, NAMES), tmp_path / "site" / "tree.html")
+    entry = IndexEntry(image_path="photos/a cat.jpg", report_dir=tmp_path / "site" / "a",
+                       top=[(1, "tiger cat", 0.5), (0, "tabby", 0.3)], clusters=[[1, 0]])
+    index = write_index([entry, IndexEntry.failed("bad.jpg", "not an image")], tmp_path / "site", tree_page=page)
+    text = index.read_text(encoding="utf-8")
+    assert 'href="tree.html"' in text  # the tree the clusters were cut from
+    assert 'href="tree.html#classes=1,0&amp;photo=a%20cat.jpg"' in text  # this image's classes highlighted
+    assert text.count("clusters in the tree") == 1  # not for the failed image
+    assert "tree.html" not in write_index([entry], tmp_path / "plain").read_text(encoding="utf-8")
