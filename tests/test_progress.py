@@ -122,3 +122,27 @@ def test_progress_yields_items_unchanged_and_draws_only_when_allowed(monkeypatch
         assert "unit passes" not in term.written()
     finally:
         term.close()
+
+
+def test_quiet_option_turns_bars_off_for_the_command_only():
+    import click
+    from click.testing import CliRunner
+
+    from cwox.commands.common import quiet_option, silence_progress
+    from cwox.commands.evaluate import evaluate
+    from cwox.commands.explain import explain
+
+    seen = []
+
+    @click.command()
+    @quiet_option
+    def cmd(quiet):
+        silence_progress(quiet)
+        seen.append(progress_mod.enabled())
+
+    for args in (["--quiet"], []):
+        assert CliRunner().invoke(cmd, args).exit_code == 0
+        assert progress_mod.enabled()  # back on after the command
+    assert seen == [False, True]
+    for command in (explain, evaluate):  # both commands take it
+        assert "--quiet" in [opt for p in command.params for opt in p.opts]
