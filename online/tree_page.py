@@ -34,6 +34,8 @@ __all__ = ["PAGE_NAME", "cooccurrence_evidence", "tree_page_data", "tree_page_ht
 
 #: The page's file name beside an ``index.html`` report.
 PAGE_NAME = "tree.html"
+#: Marks a page this module wrote: only such a file is ever replaced.
+GENERATOR = '<meta name="generator" content="cwox tree page">'
 #: Pairs of classes listed per cluster (the most frequent first).
 MAX_PAIRS = 12
 
@@ -145,7 +147,7 @@ def tree_page_html(data: Mapping[str, Any], title: str = "cwox latent tree") -> 
     """The page for :func:`tree_page_data`'s ``data``, as one HTML string."""
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">{GENERATOR}'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
         f'<header><h1>{html.escape(title)}</h1><p id="about"></p></header>\n'
         '<div id="finder"><label for="q">Find a class</label>'
@@ -174,20 +176,33 @@ def write_tree_page(
 
     Args:
         tree: a tree of the contract (:mod:`cwox.hlta.tree`).
-        out: the HTML file to write (its folder is created).
+        out: the HTML file to write (its folder is created); an existing file is
+            replaced only when it is a page this module wrote (FileExistsError otherwise).
         documents: the binary documents x labels matrix for the evidence, or None.
         source: the tree store's name to show (default: recorded in the tree).
         title: the page title.
     """
+    path = Path(out)
+    if path.is_dir() or (path.exists() and not _ours(path)):
+        raise FileExistsError(f"{path} exists and is not a tree page cwox wrote; refusing to replace it "
+                              "(choose another --out)")
     data = tree_page_data(tree, documents, source=source)
     meta = data["meta"]
     title = title or f"cwox latent tree {meta.get('version') or ''}".strip()
-    path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(tree_page_html(data, title), encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def _ours(path: Path) -> bool:
+    """Whether ``path`` is a page this module wrote (its head carries :data:`GENERATOR`)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return GENERATOR in fh.read(4096)
+    except OSError:
+        return False
 
 
 _CSS = """

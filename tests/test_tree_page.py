@@ -84,6 +84,13 @@ def test_tree_html_command(tmp_path):
     assert "http://" not in page and "https://" not in page and "src=" not in page  # nothing fetched
     bad = CliRunner().invoke(main, ["tree", "html", str(store), "--out", str(out), "--docs", str(tmp_path / "nope")])
     assert bad.exit_code == 2 and "--docs" in bad.output
+    again = CliRunner().invoke(main, ["tree", "html", str(store), "--out", str(out), "--docs", "none"])
+    assert again.exit_code == 0, again.output  # its own page is replaced
+    mine = tmp_path / "notes.html"
+    mine.write_text("<p>my notes</p>")
+    refused = CliRunner().invoke(main, ["tree", "html", str(store), "--out", str(mine), "--docs", "none"])
+    assert refused.exit_code == 2 and "not a tree page cwox wrote" in refused.output
+    assert mine.read_text() == "<p>my notes</p>"  # never overwritten
 
 
 # --------------------------------------------------------------------------- the browser

@@ -204,7 +204,10 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
     if tree is not None:  # the page of the tree the clusters come from, linked from index.html
         from cwox.online.tree_page import PAGE_NAME, write_tree_page
 
-        tree_page = write_tree_page(tree, out / PAGE_NAME, source=tree_opt)
+        try:
+            tree_page = write_tree_page(tree, out / PAGE_NAME, source=tree_opt)
+        except FileExistsError as exc:  # a file of the user's own: keep it, link no tree
+            click.echo(f"warning: no tree page: {exc}", err=True)
     index = write_index(entries, out, tree_page=tree_page)
     click.echo(f"{len(paths) - failed} of {len(paths)} images explained; index: {index}")
     sys.exit(1 if failed else 0)

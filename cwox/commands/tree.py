@@ -335,7 +335,7 @@ def html_(store, out, version, docs, classes):
     X, used = _evidence_documents(t, docs)
     try:
         path = write_tree_page(t, out, documents=X, source=os.path.basename(os.path.normpath(store)))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # FileExistsError: a file cwox did not write
         raise CommandError(str(exc)) from exc
     shown = f" (evidence from {used})" if used else " (no documents store: no evidence)"
     click.echo(f"wrote tree {t.graph['meta'].get('version', '?')} of {store} to {path}{shown}")

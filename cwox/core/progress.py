@@ -9,9 +9,9 @@ and get a tqdm bar on stderr when it is a terminal, nothing when it is piped or
 redirected (tqdm's ``disable=None``), and nothing at all inside :func:`quiet` (the
 ``--quiet`` of ``explain`` and ``evaluate``) or when :func:`set_enabled` turned bars
 off. A ``slice`` item advances the bar by its length (a batch of passes), any other
-item by one. Bars appear only after :data:`DELAY` seconds, so quick loops
-(Grad-CAM's few backward batches) never flash one, and vanish when done
-(``leave=False``): only the command's own lines stay on screen.
+item by one. Bars appear only after :data:`DELAY` seconds (the environment variable
+``CWOX_PROGRESS_DELAY`` overrides it), so quick loops never flash one, and vanish
+when done (``leave=False``): only the command's own lines stay on screen.
 
 The hook never touches the loop's values: maps are the same, bit for bit, with or
 without a bar.
@@ -19,6 +19,7 @@ without a bar.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Iterable, Iterator
@@ -77,7 +78,7 @@ def progress(items: Iterable[T], *, total: int | None = None, desc: str = "", un
     # some CI pseudo-terminals say 0 x 0, and tqdm then draws nothing at all.
     size = shutil.get_terminal_size()
     bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None, leave=False,
-               delay=DELAY, ncols=size.columns, nrows=size.lines)
+               delay=float(os.environ.get("CWOX_PROGRESS_DELAY", DELAY)), ncols=size.columns, nrows=size.lines)
     try:
         for item in items:
             yield item
