@@ -205,7 +205,8 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
         from cwox.online.tree_page import PAGE_NAME, write_tree_page
 
         try:
-            tree_page = write_tree_page(tree, out / PAGE_NAME, source=tree_opt)
+            source = "the embedded default tree" if tree_opt.lower() == "default" else tree_opt
+            tree_page = write_tree_page(tree, out / PAGE_NAME, source=source)
         except FileExistsError as exc:  # a file of the user's own: keep it, link no tree
             click.echo(f"warning: no tree page: {exc}", err=True)
     index = write_index(entries, out, tree_page=tree_page)
