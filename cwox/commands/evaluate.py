@@ -29,6 +29,8 @@ from cwox.commands.common import (
     explainer_params,
     model_options,
     param_option,
+    quiet_option,
+    silence_progress,
     tree_option,
 )
 
@@ -83,7 +85,7 @@ def _check_list(value: str, allowed, option: str) -> list[str]:
 @click.option("--curve-points", type=click.IntRange(min=2), default=41, show_default=True,
               help="Deletion counts per curve in curves.png.")
 @click.option("--no-plot", is_flag=True, help="Do not draw curves.png.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def evaluate(images, model, weights, device, tree_opt, explainers, modes, metrics, cum, max_k, delta,
              step, substrate, n_masks, param_items, role, seed, batch_size, scheduler, workers, limit, out_dir,
              curve_points, no_plot, quiet):
@@ -91,6 +93,7 @@ def evaluate(images, model, weights, device, tree_opt, explainers, modes, metric
     from cwox.core.images import collect_inputs
     from cwox.online.explainers import available_explainers
 
+    silence_progress(quiet)
     names = _check_list(explainers, tuple(available_explainers()), "--explainers")
     modes = _check_list(modes, MODES, "--modes")
     metrics = _check_list(metrics, METRICS, "--metrics")

@@ -450,3 +450,48 @@ def prune_(store, keep):
     except _store_errors() as exc:
         raise CommandError(str(exc)) from exc
     click.echo(f"removed {len(removed)} version(s){': ' + ', '.join(removed) if removed else ''}")
+
+
+@tree.command("html")
+@click.argument("store", type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The HTML file to write (tree.html).")
+@click.option("--version", "version", default="latest", show_default=True, help="Version to draw.")
+@click.option("--docs", default="auto", show_default=True,
+              help="Documents store for the evidence (co-occurrence, lift): a path, 'none', or 'auto' "
+                   "(the store the tree was fitted on, where it still exists).")
+@click.option("--classes", default=None, help="Comma-separated class names or ids to highlight.")
+def html_(store, out, version, docs, classes):
+    """Write the tree as one self-contained page: search a class, see its cluster and the levels above."""
+    from cwox.online.tree_page import write_tree_page
+
+    t = _load(store, version)
+    X, used = _evidence_documents(t, docs)
+    try:
+        path = write_tree_page(t, out, documents=X, source=os.path.basename(os.path.normpath(store)))
+    except (OSError, ValueError) as exc:  # FileExistsError: a file cwox did not write
+        raise CommandError(str(exc)) from exc
+    shown = f" (evidence from {used})" if used else " (no documents store: no evidence)"
+    click.echo(f"wrote tree {t.graph['meta'].get('version', '?')} of {store} to {path}{shown}")
+    if classes:
+        ids = parse_labels(classes, t.graph["class_names"])
+        click.echo(f"highlighted: {path.resolve().as_uri()}#classes={','.join(map(str, ids))}")
+
+
+def _evidence_documents(t, docs: str):
+    """The documents x labels matrix for the evidence, and the store it came from (or None, None)."""
+    from cwox.store.documents import open_documents
+
+    recorded = (t.graph.get("meta") or {}).get("documents")
+    if docs.lower() == "none" or (docs.lower() == "auto" and not (recorded and os.path.isdir(recorded))):
+        return None, None
+    path = recorded if docs.lower() == "auto" else docs
+    try:
+        d = open_documents(path)
+        if list(d.class_names) != list(t.graph["class_names"]):
+            raise ValueError(f"the documents in {path} have other class names than the tree")
+        return d.label_matrix(), path
+    except (OSError, ValueError) as exc:
+        if docs.lower() == "auto":
+            click.echo(f"warning: no evidence: {exc}", err=True)
+            return None, None
+        raise CommandError(f"--docs {docs}: {exc}") from exc

@@ -97,6 +97,7 @@ from PIL import Image
 
 from cwox.core.batching import batch_slices
 from cwox.core.models import Classifier
+from cwox.core.progress import progress
 from cwox.core.split import ModelSplit, split_at
 
 __all__ = [
@@ -154,7 +155,7 @@ def partition_probabilities(
     b, k = h.shape[0], kernels.shape[0]
     p_h = torch.cat([torch.softmax(rest(h[sl]).float(), -1) for sl in batch_slices(b, batch_size)])
     out = []
-    for sl in batch_slices(b * k, batch_size):
+    for sl in progress(batch_slices(b * k, batch_size), total=b * k, desc="FG-VCE partitions", unit="map"):
         idx = torch.arange(sl.start, sl.stop, device=h.device)
         maps = h[idx // k] * kernels[idx % k].unsqueeze(1)
         out.append(torch.softmax(rest(maps).float(), -1))
@@ -558,7 +559,7 @@ class FGVCE(Explainer):
         for i in done.nonzero().flatten().tolist():
             reports[i].flipped, reports[i].stopped = True, "flipped"
         s_t = s0_src
-        for _step in range(self.max_steps):
+        for _step in progress(range(self.max_steps), desc="FG-VCE replacement steps", unit="step"):
             active = (~done).nonzero().flatten()
             if active.numel() == 0:
                 break
