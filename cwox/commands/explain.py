@@ -29,9 +29,9 @@ from cwox.commands.common import (
     topk_options,
     tree_option,
 )
+from cwox.online.modes import MODES, ROLES
 from cwox.store.default_tree import DEFAULT_TREE
 
-MODES = ("cwox2s", "cwox1sa", "cwox1sb", "swox")
 #: FG-VCE's embedded reference bank for the default model (``python -m cwox.pipelines.default_bank``).
 DEFAULT_BANK = Path(DEFAULT_TREE).with_name("default_bank.zarr")
 
@@ -89,7 +89,7 @@ def _unique_dir(out: Path, image_path: str, used: set[str]) -> Path:
 @tree_option
 @click.option("--explainer", default="gradcam", show_default=True,
               help="gradcam, rise, cce, suny or fgvce.")
-@click.option("--role", type=click.Choice(("auto", "base", "contrast")), default="auto", show_default=True,
+@click.option("--role", type=click.Choice(ROLES), default="auto", show_default=True,
               help="base: subtract saliency maps (Eq. 1, 2); contrast: the explainer's native "
                    "'P rather than Q' maps (cce, suny, fgvce); auto: contrast where available.")
 @click.option("--reference-bank", type=click.Path(), default=None,
@@ -101,7 +101,7 @@ def _unique_dir(out: Path, image_path: str, used: set[str]) -> Path:
 @click.option("--other", "other_image", type=click.Path(dir_okay=False), default=None,
               help="CCE's O-contrast: why is IMAGE a P while this other image is Q.")
 @click.option("--mode", type=click.Choice(MODES), default="cwox2s", show_default=True,
-              help="Whole-output mode.")
+              help="Whole-output mode (finercam: Finer-CAM, each class against its nearest-logit classes).")
 @topk_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per forward/backward pass (default: by device).")
@@ -110,7 +110,9 @@ def _unique_dir(out: Path, image_path: str, used: set[str]) -> Path:
               help="RISE: number of masks N (default 5000, the CWOX public code's stage-one N).")
 @param_option
 @click.option("--support", type=click.FloatRange(0, 100), default=None,
-              help="Support percentile of Eq. (2) (default: the explainer's, Grad-CAM 50, RISE 70).")
+              help="Support percentile of Eq. (2), a display choice: it keeps the strongest part of "
+                   "the cluster's evidence (default: the explainer's, Grad-CAM 50, RISE 70, as the CWOX "
+                   "public code's examples; 0 is the paper's plain support, what `cwox evaluate` scores).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="cwox-out", show_default=True,
               help="Output folder; each image gets OUT/<image-stem>/.")
 @quiet_option

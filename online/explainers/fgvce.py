@@ -49,7 +49,22 @@ Choices where the paper is silent (and where the public code differs):
 
 * The loop never replaces a position twice: after replacing ``s*`` the most
   similar candidate is the one already there, so re-selecting it would stall.
-  A map with every position replaced and no flip counts as a failure.
+  A map with every position replaced and no flip counts as a failure. So on a
+  7x7 layer the loop ends after at most 49 steps, below the paper's limit ("We set
+  the maximum number of iterations t to 100, exceeding this limit indicated
+  failure in counterfactual generation", Sec. 4), which ResNet-50's own 7x7 last
+  layer could not reach either with one replacement per iteration. The public
+  code reaches 100 differently: each of its iterations re-ranks and replaces 20
+  positions, revisiting positions. We keep one replacement per step, as the
+  paper's Eq. 9 reads, and keep 100 as the limit for larger layers (14x14 has 196
+  positions); decided after comparing both (2026-12-01).
+* Eq. 10 and 11 multiply the Shapley map by the normalised ``relu(h^(0) - h*)``
+  (and its reverse), which is non-zero only where ``h*`` differs from ``h^(0)``,
+  i.e. on the replaced cells: so are the invariant and dominant maps, as the
+  paper's formulas say ("we subtract the weighted feature map after
+  counterfactual generation from the original feature map"). The public code's
+  maps differ (Grad-CAM maps weighted by Shapley maps, subtracted, min-max
+  scaled) and are non-zero elsewhere too; we follow the paper.
 * Candidates are the bank's features of the foil's classes; when the bank holds
   no image of the foil, every candidate is used (the class term of ``L_tot``
   still pulls towards the foil) and the report says so.
