@@ -38,6 +38,7 @@ __all__ = [
     "Table",
     "class_ids",
     "class_names_json",
+    "diagnostic_notes",
     "diagnostic_tables",
     "diagnostic_warnings",
     "merge_diagnostics",
@@ -138,11 +139,14 @@ class RecordKind:
         key: the kind's key in ``diagnostics`` (e.g. ``"cce_counterfactuals"``).
         warnings: ``(records, names) -> sentences`` a user must read (``[]`` if none).
         table: ``(records, names) -> Table``, the report's table of these records.
+        notes: ``records -> sentences`` the report shows as plain facts (not warnings),
+            e.g. which reference bank FG-VCE drew from.
     """
 
     key: str
-    warnings: Callable[[Sequence[Mapping[str, Any]], Mapping[str, str] | None], list[str]]
-    table: Callable[[Sequence[Mapping[str, Any]], Mapping[str, str]], Table]
+    warnings: Callable[[Sequence[Mapping[str, Any]], Mapping[str, str] | None], list[str]] | None = None
+    table: Callable[[Sequence[Mapping[str, Any]], Mapping[str, str]], Table] | None = None
+    notes: Callable[[Sequence[Mapping[str, Any]]], list[str]] | None = None
 
 
 _KINDS: dict[str, RecordKind] = {}
@@ -173,11 +177,16 @@ def diagnostic_warnings(
     are passed over). ``names`` maps class ids (as strings) to names where the
     records lack them.
     """
-    return [w for kind, records in _known(diagnostics) for w in kind.warnings(records, names)]
+    return [w for kind, records in _known(diagnostics) if kind.warnings for w in kind.warnings(records, names)]
 
 
 def diagnostic_tables(
     diagnostics: Mapping[str, Sequence[Mapping[str, Any]]] | None, names: Mapping[str, str]
 ) -> list[Table]:
     """One report table per registered kind of records in ``diagnostics``."""
-    return [kind.table(records, names) for kind, records in _known(diagnostics)]
+    return [kind.table(records, names) for kind, records in _known(diagnostics) if kind.table]
+
+
+def diagnostic_notes(diagnostics: Mapping[str, Sequence[Mapping[str, Any]]] | None) -> list[str]:
+    """The plain facts the registered kinds of records in ``diagnostics`` state (:attr:`RecordKind.notes`)."""
+    return [n for kind, records in _known(diagnostics) if kind.notes for n in kind.notes(records)]

@@ -40,7 +40,7 @@ from typing import IO, Any
 from urllib.parse import quote
 
 import numpy as np
-from cwox.online.diagnostics import Row, diagnostic_tables, diagnostic_warnings
+from cwox.online.diagnostics import Row, diagnostic_notes, diagnostic_tables, diagnostic_warnings
 from cwox.online.explanation import Explanation
 from cwox.online.render import as_rgb_uint8, check_maps, draw_grid, format_prob, panel_letter
 
@@ -52,12 +52,42 @@ INDEX_NAME = "index.html"
 #: Bumped when the layout of the report files changes.
 REPORT_FORMAT = 1
 
-__all__ = ["IndexEntry", "load_report", "to_jsonable", "write_index", "write_report"]
+__all__ = ["IndexEntry", "load_report", "report_folder", "to_jsonable", "write_index", "write_report"]
 
 _EXTRA_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 # --------------------------------------------------------------------------- writing files
+
+
+def report_folder(out_dir: str | Path, image_path: str | os.PathLike, used: set[str]) -> Path:
+    """The folder for one image's report: ``out_dir/<name>``, always a direct child of ``out_dir``.
+
+    ``<name>`` is the photo's stem made safe for a folder name: no path separators,
+    no leading dots (a photo named ``...png`` has the stem ``..``, which would be the
+    parent of ``out_dir``), ``image`` when nothing is left. A name already ``used``
+    in this run, or a folder there that is not a cwox report (it holds files but no
+    ``explanation.json`` or question report ``why.json``), gets a ``-2``, ``-3``... suffix instead: a report never
+    writes into a folder of the user's.
+    """
+    out = Path(out_dir)
+    stem = re.sub(r"[\\/\x00-\x1f]", "_", Path(image_path).stem).strip().lstrip(".").strip() or "image"
+    name, n = stem, 1
+    while name in used or _foreign_folder(out / name):
+        n += 1
+        name = f"{stem}-{n}"
+    used.add(name)
+    return out / name
+
+
+def _foreign_folder(path: Path) -> bool:
+    """True when ``path`` exists and is not a report folder cwox may write into."""
+    if not (path.exists() or path.is_symlink()):
+        return False
+    if path.is_symlink() or not path.is_dir():
+        return True
+    return any(path.iterdir()) and not any((path / f).is_file() for f in (JSON_NAME, "why.json"))
+
 
 
 @contextmanager
@@ -383,14 +413,15 @@ def _table(caption: str, head: tuple[str, ...], rows: list[Row]) -> str:
 
 
 def _diagnostics_html(entry: IndexEntry) -> str:
-    """The warnings and a table per kind of record (declared by the explainer that wrote
-    it, :class:`cwox.online.diagnostics.RecordKind`); ``""`` without records."""
+    """The notes, the warnings and a table per kind of record (declared by the explainer
+    that wrote it, :class:`cwox.online.diagnostics.RecordKind`); ``""`` without records."""
     from cwox.online.explainers import known_explainer
 
     known_explainer(entry.explainer)  # registers its kinds of records
     diagnostics = entry.diagnostics or {}
     names = {str(int(c)): str(n) for c, n, _p in entry.top}
     parts = []
+    parts.extend(f'<p class="meta">{html.escape(n)}</p>' for n in diagnostic_notes(diagnostics))
     warnings = diagnostic_warnings(diagnostics, names)
     if warnings:
         parts.append('<ul class="warnings bad">' + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>")
@@ -398,7 +429,14 @@ def _diagnostics_html(entry: IndexEntry) -> str:
     return "".join(parts)
 
 
-def _section(number: int, entry: IndexEntry, base: Path) -> str:
+def _tree_link(entry: IndexEntry, tree_href: str) -> str:
+    """A link to the tree page with this image's top classes (and so their clusters) highlighted."""
+    classes = ",".join(str(int(c)) for c, _n, _p in entry.top)
+    target = f"{tree_href}#classes={classes}&photo={quote(os.path.basename(entry.image_path))}"
+    return f'<a href="{html.escape(target)}">clusters in the tree</a>'
+
+
+def _section(number: int, entry: IndexEntry, base: Path, tree_href: str | None = None) -> str:
     anchor = f"img-{number}"
     title = f"{number}. {html.escape(entry.image_path)}"
     if not entry.ok:
@@ -427,6 +465,8 @@ def _section(number: int, entry: IndexEntry, base: Path) -> str:
         for name in (JSON_NAME, MAPS_NAME, GRID_NAME)
         if folder is not None and (folder / name).is_file()
     ]
+    if tree_href and entry.top:
+        links.append(_tree_link(entry, tree_href))
     if links:
         parts.append('<p class="links">' + "".join(links) + "</p>")
     parts.append("</section>")
@@ -438,6 +478,7 @@ def write_index(
     out_dir: str | Path,
     *,
     title: str = "cwox explanations",
+    tree_page: str | Path | None = None,
 ) -> Path:
     """Write ``out_dir/index.html`` linking every image's report.
 
@@ -448,6 +489,9 @@ def write_index(
         out_dir: where ``index.html`` goes; report folders may lie anywhere, the
             links are relative to it.
         title: the page title.
+        tree_page: the page of the tree the clusters were cut from
+            (:mod:`cwox.online.tree_page`); linked at the top, and from each image with
+            its classes highlighted.
 
     Returns:
         the path of ``index.html``.
@@ -473,11 +517,15 @@ def write_index(
         f'<p class="summary">{len(items)} image{"s" * (len(items) != 1)}: '
         f"{n_ok} explained, {n_failed} failed.</p>",
     ]
+    tree_href = _href(Path(tree_page), base) if tree_page is not None else None
+    if tree_href:
+        body.append(f'<p class="summary">Clusters cut from <a href="{html.escape(tree_href)}">this latent tree</a> '
+                    "(searchable: a class, its cluster, the levels above).</p>")
     if items:
         body.append(f"<nav><ol>{nav}</ol></nav>")
     if failures:
         body.append(f'<h2 class="bad">Failed images</h2><ul class="failures">{failures}</ul>')
-    body.extend(_section(i, e, base) for i, e in enumerate(items, 1))
+    body.extend(_section(i, e, base, tree_href) for i, e in enumerate(items, 1))
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

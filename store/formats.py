@@ -29,6 +29,18 @@ and cuts into clusters exactly like a learned one. Conventions of this module:
   ``{"id": "c12", "data": {"level": 0, ...}, "children": []}`` (an extension
   the viewers show as a plain node) so that it comes back in place; labels
   named nowhere become root singletons on import.
+
+Both formats carry cwox's own record of the tree, which other readers ignore:
+the exact class names (the ``_`` of the JSON words is lossy: ``tiger_cat``
+may be ``tiger cat`` or a name with a real underscore) and the provenance
+(:data:`EXPORTED_META`: model, documents, scores, ...). In nodes.json it is the
+``"cwox"`` entry of the first top node's ``data``; in BIF a URL-quoted JSON
+``property cwox = ...`` of the root variable. An import gives it back as
+``tree.graph["meta"]``, so a round trip in either format returns the same tree,
+names and metadata, and ``explain`` accepts the imported tree for its model.
+
+An export never replaces a file it did not write: an existing ``--out`` is
+replaced only when it is itself a cwox tree export (:func:`check_export_target`).
 """
 
 from __future__ import annotations
@@ -47,7 +59,9 @@ from cwox.hlta.tree import LATENT_RE, LEAF_RE
 from cwox.store._atomic import atomic_write_text
 
 __all__ = [
+    "EXPORTED_META",
     "TreeFormatError",
+    "check_export_target",
     "to_bif",
     "from_bif",
     "to_nodes_json",
@@ -61,6 +75,65 @@ _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 class TreeFormatError(ValueError):
     """A tree file is malformed or does not describe a cwox latent tree."""
+
+
+#: The provenance keys of a tree version that travel in an exported file.
+EXPORTED_META = ("model", "documents", "rule", "hlta_params", "loglik", "bic", "n_params", "n_documents")
+_CWOX_KEY = "cwox"
+_BIF_NETWORK = "cwox_latent_tree"
+
+
+def _export_record(tree: nx.DiGraph) -> dict[str, Any]:
+    """cwox's record of ``tree`` in an exported file: exact class names and provenance."""
+    meta = tree.graph.get("meta") or {}
+    record: dict[str, Any] = {"class_names": [str(c) for c in tree.graph["class_names"]]}
+    record["meta"] = {k: meta[k] for k in EXPORTED_META if meta.get(k) is not None}
+    if meta.get("version"):
+        record["meta"]["exported_version"] = meta["version"]
+    return json.loads(json.dumps(record, default=str))
+
+
+def _apply_record(tree: nx.DiGraph, record: Any, class_names: Sequence[str] | None) -> Sequence[str] | None:
+    """Put an exported record's provenance on ``tree``; its class names unless given."""
+    if not isinstance(record, dict):
+        return class_names
+    if isinstance(record.get("meta"), dict):
+        tree.graph["meta"] = dict(record["meta"])
+    names = record.get("class_names")
+    if class_names is None and isinstance(names, list) and all(isinstance(n, str) for n in names):
+        return names
+    return class_names
+
+
+def check_export_target(path: str | os.PathLike) -> None:
+    """Refuse to write an export over anything but an earlier cwox tree export.
+
+    A missing path is fine; an existing file is replaced only when cwox wrote it
+    (a BIF of the network ``cwox_latent_tree``, or a nodes.json whose first node
+    carries the ``"cwox"`` record). Raises :class:`TreeFormatError` otherwise.
+    """
+    p = Path(path)
+    if not p.exists() and not p.is_symlink():
+        return
+    if p.is_symlink() or not p.is_file():
+        raise TreeFormatError(f"{os.fspath(p)!r} exists and is not a file cwox wrote; choose another --out")
+    try:
+        with open(p, encoding="utf-8") as fh:
+            head = fh.read(1 << 20)
+    except (OSError, UnicodeDecodeError):
+        head = ""
+    ours = f"network {_BIF_NETWORK}" in head[:4096]
+    if not ours and head.lstrip().startswith("["):
+        try:
+            first = json.loads(Path(p).read_text(encoding="utf-8"))[0]
+            ours = isinstance(first, dict) and _CWOX_KEY in (first.get("data") or {})
+        except (ValueError, IndexError, KeyError, TypeError, OSError):
+            ours = False
+    if not ours:
+        raise TreeFormatError(
+            f"{os.fspath(p)!r} exists and is not a tree file cwox exported; cwox does not replace it: "
+            "choose another --out"
+        )
 
 
 # --------------------------------------------------------------------------- helpers
@@ -169,8 +242,10 @@ def to_bif(tree: nx.DiGraph, path: str | os.PathLike) -> None:
             "a BIF file needs the conditional probability tables, and this tree is structure-only "
             "(cpt=None); export it as nodes.json instead"
         )
+    check_export_target(path)
     model = to_pgmpy(tree)
-    model.name = "cwox_latent_tree"
+    model.name = _BIF_NETWORK
+    root = _root(tree)
     for node, data in tree.nodes(data=True):
         props = model.nodes[node]
         props.clear()  # only our own properties go into the file
@@ -179,6 +254,8 @@ def to_bif(tree: nx.DiGraph, path: str | os.PathLike) -> None:
             props["label"] = int(data["label"])
         if data.get("name"):
             props["name"] = urllib.parse.quote(str(data["name"]), safe="")
+        if node == root:
+            props[_CWOX_KEY] = urllib.parse.quote(json.dumps(_export_record(tree)), safe="")
     atomic_write_text(path, BIFWriter(model).__str__())
 
 
@@ -233,7 +310,13 @@ def from_bif(path: str | os.PathLike, class_names: Sequence[str] | None = None) 
             attrs["name"] = name
         tree.add_node(node, **attrs)
     tree.add_edges_from((ids[u], ids[v]) for u, v in graph.edges())
-    return _finish(tree, class_names, default_cpt=True)
+    record = props[_root(graph)].get(_CWOX_KEY)
+    if record is not None:
+        try:
+            record = json.loads(urllib.parse.unquote(record))
+        except ValueError as exc:
+            raise TreeFormatError(f"{os.fspath(path)!r} has a corrupt cwox property: {exc}") from exc
+    return _finish(tree, _apply_record(tree, record, class_names), default_cpt=True)
 
 
 def _bif_node_ids(graph: nx.DiGraph, props: dict, class_names: Sequence[str] | None) -> dict[str, str]:
@@ -345,7 +428,10 @@ def to_nodes_json(tree: nx.DiGraph, path: str | os.PathLike, *, max_words: int =
             "children": [] if leaves_only else [entry(k) for k in kids],
         }
 
-    atomic_write_text(path, json.dumps([entry(node) for node in top], indent=1) + "\n")
+    check_export_target(path)
+    entries = [entry(node) for node in top]
+    entries[0]["data"][_CWOX_KEY] = _export_record(tree)
+    atomic_write_text(path, json.dumps(entries, indent=1) + "\n")
 
 
 def _top_component(tree: nx.DiGraph, root: str) -> set[str]:
@@ -450,7 +536,8 @@ def from_nodes_json(path: str | os.PathLike, class_names: Sequence[str] | None =
     _fill_levels(tree)
     root = max(tops, key=lambda n: (tree.nodes[n]["level"], -tops.index(n)))
     tree.add_edges_from((root, n) for n in tops if n != root)
-    return _finish(tree, class_names, default_cpt=False)
+    first = entries[0].get("data") or {}
+    return _finish(tree, _apply_record(tree, first.get(_CWOX_KEY), class_names), default_cpt=False)
 
 
 def _text_words(text: Any, node: str) -> list[tuple[int, str]]:

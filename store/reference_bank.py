@@ -48,8 +48,16 @@ from typing import Any
 import numpy as np
 import zarr
 from cwox.store._atomic import fsync_dir, fsync_tree
+from cwox.store.ownership import (
+    DOCUMENTS,
+    REFERENCE_BANK,
+    REFERENCE_BANK_FORMAT,
+    NotOurStoreError,
+    check_replaceable,
+    store_kind,
+)
 
-FORMAT = "cwox.reference_bank/1"
+FORMAT = REFERENCE_BANK_FORMAT
 #: The group name of a bank kept inside a documents store.
 DEFAULT_GROUP = "reference_bank"
 
@@ -164,21 +172,18 @@ def save_reference_bank(
     root = Path(store)
     target = _bank_path(store, group)
     if group:
-        if root.exists() and not (root / "zarr.json").exists():
-            raise ValueError(f"{root} exists and is not a Zarr store")
+        _check_holder(root, group)
         if not root.exists():
             zarr.open_group(str(root), mode="a")
-    if target.exists():
-        if not overwrite:
-            raise FileExistsError(f"a reference bank already exists at {target}; pass overwrite=True")
-        if not _is_bank(target):
-            raise ValueError(f"{target} exists and is not a cwox reference bank; refusing to replace it")
+    state = check_replaceable(target, REFERENCE_BANK, option="bank")  # refuses anything not a bank
+    if state == "store" and not overwrite:
+        raise FileExistsError(f"a reference bank already exists at {target}; pass overwrite=True")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex}"
     try:
         _write(bank, staging)
         fsync_tree(staging)
-        if target.exists():
+        if state != "absent":  # an empty folder or a bank: moved aside in one step, then deleted
             old = target.parent / f".{target.name}.old-{uuid.uuid4().hex}"
             os.rename(target, old)
             os.rename(staging, target)
@@ -190,6 +195,21 @@ def save_reference_bank(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return str(target)
+
+
+def _check_holder(root: Path, group: str) -> None:
+    """The folder a bank goes into as ``group``: absent, a documents store, or a Zarr
+    group that holds nothing but that bank; anything else raises NotOurStoreError."""
+    if not root.is_dir() or store_kind(root) == DOCUMENTS:
+        check_replaceable(root, DOCUMENTS, option="store")  # absent is fine; a file is refused
+        return
+    entries = set(os.listdir(root)) - {"zarr.json", group}
+    if not (root / "zarr.json").is_file() or any(not e.startswith(f".{group}.") for e in entries):
+        raise NotOurStoreError(
+            f"{root} is neither a cwox documents store nor a reference bank store"
+            + (f" (it holds {', '.join(sorted(entries)[:4])})" if entries else "")
+            + "; cwox does not write into it: choose another store"
+        )
 
 
 def _write(bank: ReferenceBank, path: Path) -> None:

@@ -106,11 +106,44 @@ def test_nodes_json_round_trip_keeps_clusters(tmp_path):
 def test_nodes_json_without_class_names_keeps_file_names(tmp_path):
     tree = random_tree(8)
     to_nodes_json(tree, tmp_path / "t.nodes.json")
-    back = from_nodes_json(tmp_path / "t.nodes.json")
+    entries = json.loads((tmp_path / "t.nodes.json").read_text())
+    del entries[0]["data"]["cwox"]  # as the HLTA tools write it: no cwox record
+    (tmp_path / "hlta.nodes.json").write_text(json.dumps(entries))
+    back = from_nodes_json(tmp_path / "hlta.nodes.json")
     assert back.graph["n_labels"] == tree.graph["n_labels"]
     assert back.graph["class_names"][0] == "tiger_cat"  # spaces travel as '_'
     assert back.graph["class_names"][3] == "hen-of-the-woods"
     same_clusters(tree, back)
+
+
+@pytest.mark.parametrize("fmt", ["json", "bif"])
+def test_round_trip_gives_back_the_same_tree_names_and_metadata(tmp_path, fmt):
+    """A cwox export carries the exact class names (spaces and real underscores) and the
+    provenance: a store -> file -> store round trip changes nothing a reader sees."""
+    tree = random_tree(8)
+    names = list(tree.graph["class_names"])
+    names[1] = "snake_case_name"  # a real underscore next to 'tiger cat' and 'Egyptian_cat'
+    tree.graph["class_names"] = names
+    for _node, data in tree.nodes(data=True):
+        if "label" in data:
+            data["name"] = names[data["label"]]
+    meta = {"model": "efficientnet_lite0", "documents": "/d/docs.zarr", "loglik": -12.5, "bic": -20.25,
+            "n_documents": 40, "hlta_params": {"max_island": 15}, "rule": {"kind": "top_k", "k": 5}}
+    v = save_tree(tree, tmp_path / "a.zarr", meta=meta)
+    stored = load_tree(tmp_path / "a.zarr", v)
+    write, read = (to_nodes_json, from_nodes_json) if fmt == "json" else (to_bif, from_bif)
+    write(stored, tmp_path / f"t.{fmt}")
+    back = read(tmp_path / f"t.{fmt}")
+    assert back.graph["class_names"] == names
+    assert sorted(back.edges()) == sorted(stored.edges())
+    assert {n: d["name"] for n, d in back.nodes(data=True) if "label" in d} == \
+        {n: d["name"] for n, d in stored.nodes(data=True) if "label" in d}
+    v2 = save_tree(back, tmp_path / "b.zarr", meta=back.graph["meta"])
+    again = load_tree(tmp_path / "b.zarr", v2)
+    for key, value in meta.items():
+        assert again.graph["meta"][key] == value, key
+    assert again.graph["meta"]["exported_version"] == v
+    same_clusters(stored, again)
 
 
 HLTA_STYLE = [

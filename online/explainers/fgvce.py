@@ -49,7 +49,22 @@ Choices where the paper is silent (and where the public code differs):
 
 * The loop never replaces a position twice: after replacing ``s*`` the most
   similar candidate is the one already there, so re-selecting it would stall.
-  A map with every position replaced and no flip counts as a failure.
+  A map with every position replaced and no flip counts as a failure. So on a
+  7x7 layer the loop ends after at most 49 steps, below the paper's limit ("We set
+  the maximum number of iterations t to 100, exceeding this limit indicated
+  failure in counterfactual generation", Sec. 4), which ResNet-50's own 7x7 last
+  layer could not reach either with one replacement per iteration. The public
+  code reaches 100 differently: each of its iterations re-ranks and replaces 20
+  positions, revisiting positions. We keep one replacement per step, as the
+  paper's Eq. 9 reads, and keep 100 as the limit for larger layers (14x14 has 196
+  positions); decided after comparing both (2026-12-01).
+* Eq. 10 and 11 multiply the Shapley map by the normalised ``relu(h^(0) - h*)``
+  (and its reverse), which is non-zero only where ``h*`` differs from ``h^(0)``,
+  i.e. on the replaced cells: so are the invariant and dominant maps, as the
+  paper's formulas say ("we subtract the weighted feature map after
+  counterfactual generation from the original feature map"). The public code's
+  maps differ (Grad-CAM maps weighted by Shapley maps, subtracted, min-max
+  scaled) and are non-zero elsewhere too; we follow the paper.
 * Candidates are the bank's features of the foil's classes; when the bank holds
   no image of the foil, every candidate is used (the class term of ``L_tot``
   still pulls towards the foil) and the report says so.
@@ -122,12 +137,16 @@ from PIL import Image
 
 from cwox.core.batching import batch_slices
 from cwox.core.models import Classifier
+from cwox.core.progress import progress
 from cwox.core.split import ModelSplit, split_at
 
 __all__ = [
     "FGVCE",
     "FGVCE_KEY",
     "FGVCE_RECORDS",
+    "BANK_KEY",
+    "bank_record",
+    "bank_text",
     "fgvce_record",
     "CounterfactualReport",
     "partition_kernels",
@@ -263,6 +282,61 @@ def _fgvce_table(records: Sequence[Mapping[str, Any]], names: Mapping[str, str])
 #: FG-VCE's diagnostics: one record per contrast pair, its replacement loop (Sec. 3.2, Eq. 5-9).
 FGVCE_RECORDS = RecordKind(FGVCE_KEY, _fgvce_warnings, _fgvce_table)
 
+#: The reference bank FG-VCE's counterfactuals drew from, and its limits (:func:`bank_record`).
+BANK_KEY = "reference_bank"
+
+
+def bank_record(
+    name: str, summary: Mapping[str, Any], present: Iterable[int], asked: Iterable[int], class_names: Sequence[str]
+) -> dict[str, Any]:
+    """The bank behind FG-VCE's counterfactuals (FG-VCE Sec. 3.2) and what it lacks for this question.
+
+    Args:
+        name: how the user knows the bank (``"default"`` or the path given).
+        summary: :meth:`cwox.store.reference_bank.ReferenceBank.summary`.
+        present: the classes the bank holds an image of.
+        asked: the classes of this image's questions (facts and foils).
+        class_names: the model's class names.
+
+    Returns:
+        ``name``, ``images``, ``candidates``, ``classes`` (how many have an image),
+        ``n_classes`` (the model's), ``asked``, ``missing`` (asked classes with no
+        image: a loop towards one of them draws candidates from every class) and ``names``.
+    """
+    have = {int(c) for c in present}
+    wanted = sorted({int(c) for c in asked})
+    return {
+        "name": str(name),
+        "images": int(summary.get("images", 0)),
+        "candidates": int(summary.get("candidates", 0)),
+        "classes": len(have),
+        "n_classes": len(class_names),
+        "label_source": summary.get("label_source"),
+        "asked": wanted,
+        "missing": [c for c in wanted if c not in have],
+        "names": class_names_json(wanted, class_names),
+    }
+
+
+def bank_text(record: Mapping[str, Any]) -> str:
+    """One sentence on a :func:`bank_record`: its size and the asked classes it has no image of."""
+    names = record.get("names") or {}
+    head = (
+        f"FG-VCE reference bank {record['name']}: {plural(int(record['images']), 'image')} of "
+        f"{record['classes']} of {record['n_classes']} classes ({int(record['candidates'])} candidate features)"
+    )
+    missing = [names.get(str(c), str(c)) for c in record.get("missing") or []]
+    if not missing:
+        return head + "; it has images of every class asked about"
+    return (
+        f"{head}; no image of {', '.join(missing)}: a counterfactual towards "
+        f"{'it' if len(missing) == 1 else 'one of them'} draws candidates from every class"
+    )
+
+
+#: The bank behind the counterfactuals, a note in the report (:func:`bank_text`).
+BANK_RECORDS = RecordKind(BANK_KEY, notes=lambda records: [bank_text(r) for r in records])
+
 
 # --------------------------------------------------------------------------- partition (Eq. 1-4)
 
@@ -305,7 +379,7 @@ def partition_probabilities(
     b, k = h.shape[0], kernels.shape[0]
     p_h = torch.cat([torch.softmax(rest(h[sl]).float(), -1) for sl in batch_slices(b, batch_size)])
     out = []
-    for sl in batch_slices(b * k, batch_size):
+    for sl in progress(batch_slices(b * k, batch_size), total=b * k, desc="FG-VCE partitions", unit="map"):
         idx = torch.arange(sl.start, sl.stop, device=h.device)
         maps = h[idx // k] * kernels[idx % k].unsqueeze(1)
         out.append(torch.softmax(rest(maps).float(), -1))
@@ -415,7 +489,7 @@ class FGVCE(Explainer):
     supports_contrast = True
     contrast_requires = "a reference bank"
     question_maps = ("invariant", "dominant")
-    records = (FGVCE_RECORDS,)
+    records = (FGVCE_RECORDS, BANK_RECORDS)
     cli_options = {"--reference-bank": "reference_bank"}
     #: Shapley values are probability differences, centred at 0: subtract as they are.
     default_normalization = "none"
@@ -708,7 +782,7 @@ class FGVCE(Explainer):
         for i in done.nonzero().flatten().tolist():
             reports[i].flipped, reports[i].stopped = True, "flipped"
         s_t = s0_src
-        for _step in range(self.max_steps):
+        for _step in progress(range(self.max_steps), desc="FG-VCE replacement steps", unit="step"):
             active = (~done).nonzero().flatten()
             if active.numel() == 0:
                 break
