@@ -83,13 +83,11 @@ class Explanation:
     def warnings(self) -> list[str]:
         """Sentences a user must read before trusting the maps, e.g. counterfactuals that failed.
 
-        Built from :attr:`diagnostics` (:func:`cwox.online.diagnostics.diagnostic_warnings`);
+        Built from :attr:`diagnostics` (:func:`cwox.online.diagnostics.diagnostic_warnings`:
+        the kinds of records the explainer declared, registered when it was imported);
         class names come from the records, else from the top classes, else the id.
         Empty when nothing needs saying (always, for explainers without diagnostics).
         """
-        from cwox.online.explainers import known_explainer
-
-        known_explainer(self.explainer)  # its kinds of records say which sentences to write
         names = {str(c): n for c, n in zip(self.classes, self.class_names, strict=True)}
         return diagnostic_warnings(self.diagnostics, names)
 
