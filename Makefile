@@ -39,9 +39,11 @@ photos: install
 	  DEBIAN_FRONTEND=noninteractive $$(test "$$(id -u)" = 0 || echo sudo) apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-# Rebuild the embedded default tree from the photos that install here (about 25 min on 2 cores).
+# Rebuild the embedded default tree and FG-VCE's default reference bank from the photos
+# that install here (about 25 min on 2 cores for the tree, a few for the bank).
 default-tree: photos
 	$(BIN)/python -m cwox.pipelines.default_tree
+	$(BIN)/python -m cwox.pipelines.default_bank
 
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -10,6 +10,11 @@ memory printed is that path's own (peak RSS of the whole child; peak GPU memory 
 part on CUDA).
 
     python benchmarks/bench_metrics.py [--step 16] [--pairs 5] [--batch-size N] [--device auto]
+
+``--against quantus`` instead times the single-class deletion curve against Quantus's
+``PixelFlipping`` (same model, photos, heatmaps, step and substrate; values checked equal),
+per image: ``python benchmarks/bench_metrics.py --against quantus --step 64 --images 2``
+(Quantus is in the ``bench`` extra: ``pip install -e .[bench]``).
 """
 
 from __future__ import annotations
@@ -137,6 +142,77 @@ def child(which: str, state_path: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# --------------------------------------------------------------------------- against Quantus
+
+
+def quantus_side_by_side(n_images: int, step: int, batch_size: int | None, device: torch.device) -> None:
+    """The single-class deletion curve (pixel flipping) of cwox and of Quantus, side by side.
+
+    Same model (EfficientNet-Lite0), the same ``n_images`` scikit-image photos, the same
+    heatmaps (the smoothed input-gradient map of the top class, as above), the same curve:
+    the top class's softmax probability after deleting the ``k * step`` most salient
+    pixels, ``k = 1 .. n / step``, deleted pixels set to 0 in the normalised input (cwox's
+    ``"zero"`` substrate; Quantus's ``PixelFlipping`` with ``perturb_baseline=0.0`` and
+    ``features_in_step = 3 * step``: it ranks the map broadcast over the 3 channels, so 3
+    features are one pixel; the maps have no ties, so each step deletes whole pixels).
+    Both are timed in this process after one untimed warm-up each, alternating (cwox,
+    Quantus, cwox, Quantus) and keeping each one's best; the curves must agree to 1e-4.
+    """
+    import quantus
+    import skimage.data
+    from cwox.online.metrics import causal_curves
+
+    clf = load_model("efficientnet_lite0").to(device)
+    model = clf.module
+    names = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field")[:n_images]
+    images = torch.stack([clf.preprocess(Image.fromarray(getattr(skimage.data, nm)())) for nm in names]).to(device)
+    with torch.inference_mode():
+        top = model(images).argmax(1).tolist()
+    maps = torch.cat([gradient_maps(model, images[i], [([top[i]], [top[i]])]) for i in range(len(names))])
+    n = maps.shape[1] * maps.shape[2]
+    if n % step:
+        raise SystemExit(f"--step must divide the {n} pixels so that both curves have the same points")
+    bs = batch_size or default_batch_size(device)
+    metric = quantus.PixelFlipping(features_in_step=3 * step, perturb_baseline=0.0, normalise=False,
+                                   abs=False, disable_warnings=True, display_progressbar=False)
+
+    def ours() -> np.ndarray:
+        return np.stack([
+            causal_curves(model, images[i], maps[i], [top[i]], "deletion", step=step, substrate="zero",
+                          batch_size=bs).probability[0, 1:]
+            for i in range(len(names))
+        ])
+
+    def theirs() -> np.ndarray:
+        out = metric(model=model, x_batch=images.cpu().numpy(), y_batch=np.asarray(top),
+                     a_batch=maps[:, None].cpu().numpy(), device=str(device), softmax=True,
+                     batch_size=len(names))
+        return np.asarray(out, dtype=np.float64)
+
+    times: dict[str, float] = {"cwox": math.inf, "quantus": math.inf}
+    curves: dict[str, np.ndarray] = {}
+    for fn in (ours, theirs):
+        fn()  # warm-up
+    for _ in range(2):
+        for fn, name in ((ours, "cwox"), (theirs, "quantus")):
+            sync(device)
+            t0 = time.perf_counter()
+            curves[name] = fn()
+            sync(device)
+            times[name] = min(times[name], time.perf_counter() - t0)
+    diff = float(np.abs(curves["cwox"] - curves["quantus"]).max())
+    per = {k: v / len(names) for k, v in times.items()}
+    print(f"device: {device} ({platform.processor() or platform.machine()}), torch threads {torch.get_num_threads()}, "
+          f"quantus {quantus.__version__}")
+    print(f"images: {', '.join(names)}; top classes: {[clf.class_names[c] for c in top]}")
+    print(f"deletion curve: {n // step} points per image (step {step} pixels), zero substrate, batch {bs}")
+    print(f"cwox:    {per['cwox']:.2f} s per image")
+    print(f"quantus: {per['quantus']:.2f} s per image")
+    print(f"ratio (quantus / cwox): {per['quantus'] / per['cwox']:.2f}x   max |cwox - quantus| = {diff:.2e}")
+    if diff > 1e-4:
+        raise SystemExit(f"the curves differ by {diff:.2e} (> 1e-4): not the same metric")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -149,11 +225,18 @@ def main() -> None:
         "--batch-size", type=int, default=None, help="images per forward pass (device default)"
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--against", choices=("loop", "quantus"), default="loop",
+                        help="loop: our batched CAUC/CDROP vs a one-image loop; quantus: the deletion "
+                             "curve vs Quantus's PixelFlipping (pip install cwox[bench])")
+    parser.add_argument("--images", type=int, default=2, help="--against quantus: photos (1-6)")
     parser.add_argument("--child", choices=("batched", "loop"), help=argparse.SUPPRESS)
     parser.add_argument("--state", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         run_child(args.child, args.state)
+        return
+    if args.against == "quantus":
+        quantus_side_by_side(args.images, args.step, args.batch_size, resolve_device(args.device))
         return
     if not 1 <= args.pairs <= 5:
         parser.error("--pairs must be between 1 and 5")

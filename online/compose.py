@@ -11,6 +11,8 @@ a compound class, Sec. 4.1).
 * CWOX-1sB: ``H_c`` times the "inverse" of ``H_{C \\ c}`` (SCOUT, Wang and
   Vasconcelos 2020), see :func:`cwox1sb` for the exact definition used.
 * CWOX-2s: Eq. (1) for clusters and Eq. (2) for classes.
+* Finer-CAM: ``ReLU[H_c - gamma * mean_d H_d]`` over c's nearest-logit classes d
+  (:func:`finercam`).
 
 Scale. A subtraction only means something when both maps are on the same scale.
 The engine guarantees it: fact and foil maps come from the same explainer, the
@@ -128,6 +130,36 @@ def cwox1sb(class_maps: torch.Tensor, rest_maps: torch.Tensor | None) -> torch.T
         return fact
     _check_same("class_maps", class_maps, "rest_maps", rest_maps)
     return fact * (1.0 - normalize_maps(rest_maps, "minmax"))
+
+
+def finercam(class_maps: torch.Tensor, comparison_maps: list[torch.Tensor], gamma: float = 1.0) -> torch.Tensor:
+    """Finer-CAM (Zhang et al., CVPR 2025): ``ReLU[H_c - gamma * mean_{d in D(c)} H_d]``.
+
+    Finer-CAM explains the score ``y_c - gamma * mean_{d in D(c)} y_d`` with ``D(c)`` the
+    classes whose logits are nearest ``y_c``. Grad-CAM is linear in the score's gradient
+    (``alpha`` is a mean of gradients and the map is ``sum_k alpha_k A_k``, signed here),
+    and so is RISE in the score, so explaining that score equals combining the classes'
+    maps: the map is ``H_c - gamma * mean_d H_d`` before the ReLU every CAM ends with.
+    (With the engine's min-max normalisation of RISE maps the equality is up to each
+    map's scale.)
+
+    Args:
+        class_maps: ``K x H x W``, ``H_c`` per top class.
+        comparison_maps: per top class, its ``|D(c)| x H x W`` comparison maps (an
+            empty stack leaves ``H_c``).
+        gamma: the comparison weight (Finer-CAM's alpha; 1 in its library default).
+    """
+    _check_stack("class_maps", class_maps)
+    if len(comparison_maps) != class_maps.shape[0]:
+        raise ValueError(f"{len(comparison_maps)} comparison stacks for {class_maps.shape[0]} class maps")
+    out = []
+    for fact, others in zip(class_maps, comparison_maps, strict=True):
+        if others.shape[0] == 0:
+            out.append(torch.relu(fact))
+            continue
+        _check_same("class map", fact[None], "comparison map", others[:1])
+        out.append(torch.relu(fact - float(gamma) * others.mean(dim=0)))
+    return torch.stack(out)
 
 
 # --------------------------------------------------------------------------- CWOX-2s
@@ -289,6 +321,9 @@ def compose(
         return None, cwox1sa(fact, foil)
     if plan.mode == "cwox1sb":
         return None, cwox1sb(fact, foil)
+    if plan.mode == "finercam":
+        rows = [torch.as_tensor(r, dtype=torch.long, device=cls.device) for r in plan.class_comparisons]
+        return None, finercam(fact, [cls[r] for r in rows], plan.gamma)
     if plan.mode == "cwox2s":
         clu = maps["cluster"]
         cfact = clu[torch.as_tensor(plan.cluster_fact, dtype=torch.long, device=clu.device)]

@@ -50,7 +50,10 @@ if TYPE_CHECKING:  # the records are plain JSON: no torch needed to read or writ
     from cwox.online.targets import Target
 
 __all__ = [
+    "BANK_KEY",
     "CCE_KEY",
+    "bank_record",
+    "bank_text",
     "FGVCE_KEY",
     "cce_record",
     "diagnostic_warnings",
@@ -63,6 +66,8 @@ __all__ = [
 
 FGVCE_KEY = "fgvce_counterfactuals"
 CCE_KEY = "cce_counterfactuals"
+#: The reference bank FG-VCE's counterfactuals drew from, and its limits (:func:`bank_record`).
+BANK_KEY = "reference_bank"
 
 #: Why an FG-VCE loop stopped without a flip, as a sentence part.
 _STOP_REASONS = {
@@ -251,3 +256,54 @@ def diagnostic_warnings(
     out.extend(w for r in fgvce if (w := _fgvce_warning(r, names)))
     out.extend(w for r in (diagnostics or {}).get(CCE_KEY) or [] if (w := _cce_warning(r, names)))
     return out
+
+
+# --------------------------------------------------------------------------- the reference bank
+
+
+def bank_record(
+    name: str, summary: Mapping[str, Any], present: Iterable[int], asked: Iterable[int], class_names: Sequence[str]
+) -> dict[str, Any]:
+    """The bank behind FG-VCE's counterfactuals (FG-VCE Sec. 3.2) and what it lacks for this question.
+
+    Args:
+        name: how the user knows the bank (``"default"`` or the path given).
+        summary: :meth:`cwox.store.reference_bank.ReferenceBank.summary`.
+        present: the classes the bank holds an image of.
+        asked: the classes of this image's questions (facts and foils).
+        class_names: the model's class names.
+
+    Returns:
+        ``name``, ``images``, ``candidates``, ``classes`` (how many have an image),
+        ``n_classes`` (the model's), ``asked``, ``missing`` (asked classes with no
+        image: a loop towards one of them draws candidates from every class) and ``names``.
+    """
+    have = {int(c) for c in present}
+    wanted = sorted({int(c) for c in asked})
+    return {
+        "name": str(name),
+        "images": int(summary.get("images", 0)),
+        "candidates": int(summary.get("candidates", 0)),
+        "classes": len(have),
+        "n_classes": len(class_names),
+        "label_source": summary.get("label_source"),
+        "asked": wanted,
+        "missing": [c for c in wanted if c not in have],
+        "names": class_names_json(wanted, class_names),
+    }
+
+
+def bank_text(record: Mapping[str, Any]) -> str:
+    """One sentence on a :func:`bank_record`: its size and the asked classes it has no image of."""
+    names = record.get("names") or {}
+    head = (
+        f"FG-VCE reference bank {record['name']}: {_plural(int(record['images']), 'image')} of "
+        f"{record['classes']} of {record['n_classes']} classes ({int(record['candidates'])} candidate features)"
+    )
+    missing = [names.get(str(c), str(c)) for c in record.get("missing") or []]
+    if not missing:
+        return head + "; it has images of every class asked about"
+    return (
+        f"{head}; no image of {', '.join(missing)}: a counterfactual towards "
+        f"{'it' if len(missing) == 1 else 'one of them'} draws candidates from every class"
+    )

@@ -5,7 +5,9 @@ Algorithm 1 of the CWOX paper, online phase:
 1. feed the image to the model, keep the top-K classes (fixed K, or the
    smallest K whose cumulative probability exceeds a threshold, capped);
 2. restrict the latent tree to them and cut it at level 1 into confusion
-   clusters (labels absent from the tree are clusters of their own);
+   clusters (labels absent from the tree are clusters of their own); for the
+   ablation "does the tree matter?" the clusters can come from another source
+   (:func:`cwox.online.targets.source_clusters`);
 3. collect EVERY target all stages of the mode need (clusters, their
    complements, classes, their in-cluster rests: :func:`cwox.online.targets.plan_targets`)
    and ask the explainer for all of them at once (:meth:`ExplainSession.explain_stages`:
@@ -23,6 +25,9 @@ Algorithm 1 of the CWOX paper, online phase:
 
 Everything runs on ``classifier.device``; the result is an
 :class:`cwox.online.explanation.Explanation` with per-phase timings.
+:meth:`Engine.explain_modes` gives several modes' explanations from one clean
+forward and one set of base maps (evaluation uses it); :meth:`Engine.explain` is
+its one-mode case.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import inspect
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +46,18 @@ from cwox.online.compose import NORMALIZATIONS, compose, normalize_maps
 from cwox.online.diagnostics import merge_diagnostics
 from cwox.online.explainers import Explainer, get_explainer
 from cwox.online.explanation import Explanation
-from cwox.online.targets import MODES, cut_clusters, plan_targets, top_k
+from cwox.online.modes import CLUSTER_SOURCES, MODES, ROLES
+from cwox.online.targets import (
+    TargetPlan,
+    nearest_logit_classes,
+    plan_targets,
+    source_clusters,
+    top_k,
+)
 from PIL import Image
 
 from cwox.core.images import load_image
 from cwox.core.models import Classifier
-
-#: How an explainer's maps enter the modes' formulas (see :class:`Engine`).
-ROLES = ("auto", "base", "contrast")
 
 
 def _sync(device: torch.device) -> None:
@@ -81,6 +91,11 @@ class Engine:
             "P rather than Q" maps in place of the subtraction (CCE, SUNY, FG-VCE);
             ``"auto"`` (default) takes the contrast role when the explainer has one.
         explainer_params: extra parameters for the explainer (``n_masks``...).
+        cluster_source: where the clusters come from (:func:`cwox.online.targets.source_clusters`):
+            ``"hlta"`` (default: ``tree``), ``"none"``, ``"random"`` or ``"logits"``.
+        finer_classes, finer_gamma: Finer-CAM's number of nearest-logit comparison
+            classes and their weight (mode ``"finercam"``; defaults 3 and 1, as the
+            Finer-CAM library's defaults).
     """
 
     def __init__(
@@ -100,6 +115,9 @@ class Engine:
         level: int = 1,
         role: str = "auto",
         explainer_params: dict[str, Any] | None = None,
+        cluster_source: str = "hlta",
+        finer_classes: int = 3,
+        finer_gamma: float = 1.0,
     ) -> None:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
@@ -109,8 +127,15 @@ class Engine:
             raise ValueError("give either top_k or cum (with max_k), not both")
         if cum is None and max_k is not None:
             raise ValueError("max_k caps a cumulative top-K; give cum too")
+        if cluster_source not in CLUSTER_SOURCES:
+            raise ValueError(f"unknown cluster source {cluster_source!r}; choose one of {', '.join(CLUSTER_SOURCES)}")
+        if int(finer_classes) < 1:
+            raise ValueError(f"Finer-CAM needs at least one comparison class, got {finer_classes}")
         self.classifier = classifier
         self.tree = tree
+        self.cluster_source = cluster_source
+        self.finer_classes = int(finer_classes)
+        self.finer_gamma = float(finer_gamma)
         self.mode = mode
         self.k = 5 if top_k is None and cum is None else top_k
         self.cum = cum
@@ -170,6 +195,9 @@ class Engine:
             "tree_level": self.level,
             "role": self.role,
             "tree_version": tree_version,
+            "cluster_source": self.cluster_source,
+            "finer_classes": self.finer_classes,
+            "finer_gamma": self.finer_gamma,
             "explainer": self.explainer.settings(),
         }
 
@@ -190,6 +218,34 @@ class Engine:
 
     def explain(self, image: Image.Image | str | os.PathLike) -> Explanation:
         """The whole-output explanation of one photo (a PIL image or a path)."""
+        return self.explain_modes(image, (self.mode,))[self.mode]
+
+    def clusters_of(self, classes: list[int]) -> list[list[int]]:
+        """The confusion clusters of the top classes, from :attr:`cluster_source`."""
+        return source_clusters(self.cluster_source, self.tree, classes, level=self.level, seed=self.seed)
+
+    def plan(self, classes: list[int], groups: list[list[int]], mode: str, probabilities: torch.Tensor) -> TargetPlan:
+        """The targets of ``mode`` (Finer-CAM's comparison classes read ``probabilities``)."""
+        comparisons = None
+        if mode == "finercam":
+            comparisons = {c: nearest_logit_classes(probabilities, c, self.finer_classes) for c in classes}
+        return plan_targets(classes, groups, mode, comparisons=comparisons, gamma=self.finer_gamma)
+
+    def explain_modes(
+        self, image: Image.Image | str | os.PathLike, modes: Sequence[str] | None = None
+    ) -> dict[str, Explanation]:
+        """Every mode's explanation of one photo from ONE clean forward and one set of base maps.
+
+        The explainer draws the union of the base maps all ``modes`` read (per stage),
+        once; each mode composes its own from them, so ``explain_modes(img, ms)[m]`` is
+        ``Engine(..., mode=m).explain(img)`` up to the explainer's batch composition
+        (with one mode it is exactly that). Native contrast maps (the contrast role)
+        are asked per mode. Evaluation (:mod:`cwox.online.evaluation`) calls this.
+        """
+        modes = tuple(dict.fromkeys(modes or (self.mode,)))
+        bad = [m for m in modes if m not in MODES]
+        if bad:
+            raise ValueError(f"unknown mode {bad[0]!r}; choose one of {', '.join(MODES)}")
         dev = self.classifier.device
         timings: dict[str, float] = {}
         start = tick = time.perf_counter()
@@ -208,57 +264,83 @@ class Engine:
             classes, class_probs = top_k(session.probabilities, self.k, cum=self.cum, max_k=self.max_k)
             lap("forward")
 
-            groups = cut_clusters(self.tree, classes, level=self.level)
-            plan = plan_targets(classes, groups, self.mode)
+            groups = self.clusters_of(classes)
+            plans = {m: self.plan(classes, groups, m, session.probabilities) for m in modes}
             lap("clusters")
 
             # In the contrast role a pair's native map replaces H_fact - H_foil, so only
             # the base maps the formula still reads are drawn (plan.base_targets).
-            needed = plan.base_targets(with_contrasts=self.role == "contrast")
+            wanted = {m: p.base_targets(with_contrasts=self.role == "contrast") for m, p in plans.items()}
+            needed: dict[str, list] = {}
+            for per_stage in wanted.values():
+                for stage, targets in per_stage.items():
+                    have = needed.setdefault(stage, [])
+                    have.extend(t for t in targets if t not in have)
+            needed = {s: t for s, t in needed.items() if t}
             # Each explainer call leaves its own records (counterfactual reports) in
             # last_diagnostics: gather them after every call, in call order.
-            diagnostics: dict[str, list[dict[str, Any]]] = {}
+            shared: dict[str, list[dict[str, Any]]] = {}
             self.explainer.last_diagnostics = {}  # nothing left over from earlier calls
             drawn = session.explain_stages(needed)
-            merge_diagnostics(diagnostics, self.explainer.last_diagnostics)
-            maps = _full_stacks(plan.stage_targets, needed, drawn, tuple(x.shape[-2:]), dev)
-            contrasts = None
+            merge_diagnostics(shared, self.explainer.last_diagnostics)
+            diagnostics = {m: {k: list(v) for k, v in shared.items()} for m in modes}
+            contrasts: dict[str, dict[str, torch.Tensor] | None] = dict.fromkeys(modes)
             if self.role == "contrast":
-                contrasts = {}
-                for stage, pairs in plan.contrast_pairs().items():
-                    contrasts[stage] = session.contrast(pairs, stage=stage)
-                    merge_diagnostics(diagnostics, self.explainer.last_diagnostics)
+                for m, plan in plans.items():
+                    contrasts[m] = {}
+                    for stage, pairs in plan.contrast_pairs().items():
+                        contrasts[m][stage] = session.contrast(pairs, stage=stage)
+                        merge_diagnostics(diagnostics[m], self.explainer.last_diagnostics)
             lap("maps")
 
-        maps = {stage: normalize_maps(m.float(), self.normalization) for stage, m in maps.items()}
-        cluster_maps, class_maps = compose(plan, maps, support=self.support, contrasts=contrasts)
-        out_cluster = None if cluster_maps is None else cluster_maps.detach().cpu().numpy().astype(np.float32)
-        out_class = class_maps.detach().cpu().numpy().astype(np.float32)
+        size = tuple(x.shape[-2:])
+        drawn = {stage: normalize_maps(m.float(), self.normalization) for stage, m in drawn.items()}
+        composed = {}
+        for m, plan in plans.items():
+            picked = {s: _rows(drawn[s], needed[s], t) for s, t in wanted[m].items() if t}
+            maps = _full_stacks(plan.stage_targets, wanted[m], picked, size, dev)
+            cluster_maps, class_maps = compose(plan, maps, support=self.support, contrasts=contrasts[m])
+            composed[m] = (
+                None if cluster_maps is None else cluster_maps.detach().cpu().numpy().astype(np.float32),
+                class_maps.detach().cpu().numpy().astype(np.float32),
+            )
         lap("compose")
         timings["total"] = time.perf_counter() - start
 
-        settings = self.settings()
-        settings["n_targets"] = {stage: len(t) for stage, t in plan.stage_targets.items()}
-        settings["n_base_maps"] = {stage: len(t) for stage, t in needed.items()}
-        return Explanation(
-            image_path=path,
-            image=np.asarray(cropped, dtype=np.uint8),
-            classes=classes,
-            class_names=[self.classifier.class_names[c] for c in classes],
-            probs=class_probs,
-            clusters=groups,
-            mode=self.mode,
-            explainer=self.explainer.name,
-            cluster_maps=out_cluster,
-            class_maps=out_class,
-            settings=settings,
-            timings=timings,
-            extra_maps={
-                name: m.detach().float().cpu().numpy()
-                for name, m in (getattr(self.explainer, "last_extra_maps", None) or {}).items()
-            },
-            diagnostics=diagnostics,
-        )
+        extra = {
+            name: m.detach().float().cpu().numpy()
+            for name, m in (getattr(self.explainer, "last_extra_maps", None) or {}).items()
+        }
+        out: dict[str, Explanation] = {}
+        for m, plan in plans.items():
+            settings = {**self.settings(), "mode": m}
+            settings["n_targets"] = {stage: len(t) for stage, t in plan.stage_targets.items()}
+            settings["n_base_maps"] = {stage: len(t) for stage, t in wanted[m].items()}
+            out[m] = Explanation(
+                image_path=path,
+                image=np.asarray(cropped, dtype=np.uint8),
+                classes=list(classes),
+                class_names=[self.classifier.class_names[c] for c in classes],
+                probs=list(class_probs),
+                clusters=[list(g) for g in groups],
+                mode=m,
+                explainer=self.explainer.name,
+                cluster_maps=composed[m][0],
+                class_maps=composed[m][1],
+                settings=settings,
+                timings=dict(timings),
+                extra_maps=extra,
+                diagnostics=diagnostics[m],
+            )
+        return out
+
+
+def _rows(maps: torch.Tensor, drawn: list, wanted: list) -> torch.Tensor:
+    """The rows of ``maps`` (one per target of ``drawn``) for the targets ``wanted``, in order."""
+    if list(drawn) == list(wanted):
+        return maps
+    row = {t: i for i, t in enumerate(drawn)}
+    return maps[torch.as_tensor([row[t] for t in wanted], dtype=torch.long, device=maps.device)]
 
 
 def _full_stacks(

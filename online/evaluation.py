@@ -42,11 +42,19 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import torch
-from cwox.online.compose import compose, normalize_maps
-from cwox.online.engine import ROLES, Engine
+from cwox.online.engine import Engine
 from cwox.online.explanation import Explanation
-from cwox.online.metrics import causal_curves, contrastive_scores, n_salient
-from cwox.online.targets import MODES, Target, cut_clusters, plan_targets, top_k
+from cwox.online.metrics import causal_curves, class_sensitivity, contrastive_scores, n_salient
+from cwox.online.modes import (
+    CLUSTER_SOURCES,
+    MODE_LABELS,
+    MODE_STAGES,
+    MODES,
+    PAPER_CUM,
+    PAPER_MAX_K,
+    ROLES,
+)
+from cwox.online.targets import cut_clusters, top_k
 from PIL import Image
 
 from cwox.core.images import ImageError, load_image
@@ -69,9 +77,27 @@ __all__ = [
     "write_results_csv",
 ]
 
-#: The paper's contrastive metrics (Eq. 4 and 5), and the single-class causal ones.
+#: The paper's contrastive metrics (Eq. 4 and 5), the single-class causal ones, and the
+#: class sensitivity of a mode (similarity of two classes' maps, lower = more class-sensitive).
 CONTRASTIVE_METRICS = ("cauc", "cdrop")
-METRICS = ("cauc", "cdrop", "insertion", "deletion")
+SENSITIVITY_METRICS = ("spearman", "ssim")
+METRICS = ("cauc", "cdrop", "insertion", "deletion", "spearman", "ssim")
+DEFAULT_METRICS = ("cauc", "cdrop", "spearman", "ssim")
+
+#: The evaluation protocols. ``"paper"`` (the default of ``cwox evaluate``) scores the maps
+#: the CWOX paper scores: Eq. 2 with the plain support of the cluster map (support
+#: percentile 0, ``supp(Ĥ_{C_i})``: the pixels where the cluster map is positive, as the
+#: paper writes it and as the public code does with its ``delta=0`` default) and RISE's
+#: stage two on its own finer masks (``N = 3000``, cell grid 10, ``p = 0.14``, the public
+#: code's RISE example). ``"explain"`` scores the maps ``cwox explain`` shows: each
+#: explainer's display support percentile (Grad-CAM 50, RISE 70, a display choice that keeps
+#: the strongest part of the cluster's evidence) and RISE's stages sharing one mask set
+#: (one map's cost); it is the protocol of the evaluation runs before 2026-12-01.
+PROTOCOLS = ("paper", "explain")
+PAPER_SUPPORT = 0.0
+PAPER_EXPLAINER_PARAMS: dict[str, dict[str, Any]] = {
+    "rise": {"class_n_masks": 3000, "class_cells": 10, "class_p": 0.14},
+}
 
 #: Columns of every row (and of results.csv). ``n_delta`` is the heatmap's own number of
 #: delta-salient pixels; ``n_summed`` the pixels CAUC summed over (the pair's minimum);
@@ -90,9 +116,6 @@ ROW_FIELDS = (
     "error",
 )
 
-#: Paper labels of the modes, in the order of its tables.
-MODE_LABELS = {"swox": "SWOX", "cwox1sa": "CWOX-1sA", "cwox1sb": "CWOX-1sB", "cwox2s": "CWOX-2s"}
-
 
 def _check_choice(values: Iterable[str], allowed: Sequence[str], what: str) -> tuple[str, ...]:
     if isinstance(values, str):
@@ -110,27 +133,35 @@ class EvaluationSetup:
 
     Attributes:
         explainers: base explainer names (``cwox.online.explainers.available_explainers()``).
-        modes: whole-output modes (:data:`cwox.online.targets.MODES`).
+        modes: whole-output modes (:data:`cwox.online.modes.MODES`).
         metrics: subset of :data:`METRICS`.
         cum, max_k: the top-K rule ``K = min(max_k, Cum(cum))`` (paper: 0.95, 5).
         delta: salience threshold of ``n_delta`` (paper: 0.5).
         step: CAUC samples the deletion curve every ``step`` pixels (exact with 1).
         substrate: what deleted pixels become for CAUC/CDROP (``"zero"`` or ``"blur"``).
-        explainer_params: explainer name -> keyword arguments (e.g. RISE ``n_masks``).
-        seed: seeds randomised explainers (RISE masks).
+        explainer_params: explainer name -> keyword arguments (e.g. RISE ``n_masks``),
+            the protocol's defaults (:data:`PAPER_EXPLAINER_PARAMS`) included.
+        seed: seeds randomised explainers (RISE masks) and the random cluster source.
         batch_size: forward-pass batch size of explainers and metrics (None: device default).
         role: how CWOX-2s uses an explainer with a native contrast role (CCE, SUNY,
             FG-VCE with a bank): ``"auto"`` (its native "P rather than Q" maps when it
             has them, as :class:`~cwox.online.engine.Engine` does), ``"base"`` (always the
             subtraction of base maps, Eq. 1-2) or ``"contrast"`` (native maps; every
             evaluated explainer must have them).
+        protocol: ``"paper"`` or ``"explain"`` (:data:`PROTOCOLS`).
+        support: Eq. 2's support percentile (``None``: each explainer's display default).
+        cluster_source: where the maps' clusters come from (:data:`cwox.online.modes.CLUSTER_SOURCES`;
+            ``"hlta"`` with a ``cluster_tree`` for an imported tree). The pairs scored are
+            always the reference tree's (the ``tree`` of :func:`evaluate_images`), so every
+            source answers the same questions.
+        finer_classes, finer_gamma: Finer-CAM's comparison classes and weight.
     """
 
     explainers: tuple[str, ...] = ("gradcam", "rise")
     modes: tuple[str, ...] = MODES
-    metrics: tuple[str, ...] = CONTRASTIVE_METRICS
-    cum: float = 0.95
-    max_k: int = 5
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    cum: float = PAPER_CUM
+    max_k: int = PAPER_MAX_K
     delta: float = 0.5
     step: int = 16
     substrate: str = "zero"
@@ -138,6 +169,11 @@ class EvaluationSetup:
     seed: int = 0
     batch_size: int | None = None
     role: str = "auto"
+    protocol: str = "paper"
+    support: float | None = PAPER_SUPPORT
+    cluster_source: str = "hlta"
+    finer_classes: int = 3
+    finer_gamma: float = 1.0
 
     @classmethod
     def build(
@@ -145,9 +181,9 @@ class EvaluationSetup:
         *,
         explainers: Sequence[str] = ("gradcam", "rise"),
         modes: Sequence[str] = MODES,
-        metrics: Sequence[str] = CONTRASTIVE_METRICS,
-        cum: float = 0.95,
-        max_k: int = 5,
+        metrics: Sequence[str] = DEFAULT_METRICS,
+        cum: float = PAPER_CUM,
+        max_k: int = PAPER_MAX_K,
         delta: float = 0.5,
         step: int = 16,
         substrate: str = "zero",
@@ -155,6 +191,10 @@ class EvaluationSetup:
         seed: int = 0,
         batch_size: int | None = None,
         role: str = "auto",
+        protocol: str = "paper",
+        cluster_source: str = "hlta",
+        finer_classes: int = 3,
+        finer_gamma: float = 1.0,
     ) -> EvaluationSetup:
         """Validate the arguments; raises ValueError with the allowed values."""
         from cwox.online.explainers import available_explainers
@@ -173,10 +213,16 @@ class EvaluationSetup:
         if substrate not in ("zero", "blur"):
             raise ValueError(f"substrate must be 'zero' or 'blur', got {substrate!r}")
         role = _check_choice([role], ROLES, "role")[0]
+        protocol = _check_choice([protocol], PROTOCOLS, "protocol")[0]
+        cluster_source = _check_choice([cluster_source], CLUSTER_SOURCES, "cluster source")[0]
+        if int(finer_classes) < 1:
+            raise ValueError(f"finer_classes must be >= 1, got {finer_classes}")
         params = dict(explainer_params or {})
         unknown = sorted(set(params) - set(names))
         if unknown:
             raise ValueError(f"explainer_params for explainers not evaluated: {', '.join(unknown)}")
+        if protocol == "paper":
+            params = {n: {**PAPER_EXPLAINER_PARAMS.get(n, {}), **dict(params.get(n) or {})} for n in names}
         frozen = tuple((n, tuple(sorted(dict(params.get(n) or {}).items()))) for n in names)
         return cls(
             explainers=names,
@@ -191,28 +237,42 @@ class EvaluationSetup:
             seed=int(seed),
             batch_size=batch_size,
             role=role,
+            protocol=protocol,
+            support=PAPER_SUPPORT if protocol == "paper" else None,
+            cluster_source=cluster_source,
+            finer_classes=int(finer_classes),
+            finer_gamma=float(finer_gamma),
         )
 
     def params_of(self, explainer: str) -> dict[str, Any]:
         return dict(dict(self.explainer_params).get(explainer, ()))
 
-    def engines(self, classifier: Classifier, tree: nx.DiGraph | None) -> dict[str, Engine]:
-        """One engine per explainer (its mode is irrelevant: :func:`explain_modes` does all)."""
-        return {
-            name: Engine(
-                classifier,
-                tree,
-                name,
-                "cwox2s",
-                cum=self.cum,
-                max_k=self.max_k,
-                seed=self.seed,
-                batch_size=self.batch_size,
-                role=self.role,
-                explainer_params=self.params_of(name) or None,
-            )
-            for name in self.explainers
-        }
+    def engines(
+        self, classifier: Classifier, tree: nx.DiGraph | None, cluster_tree: nx.DiGraph | None = None
+    ) -> dict[str, Engine]:
+        """One engine per explainer; its clusters come from ``cluster_tree`` (default ``tree``)."""
+        return {name: self.engine(classifier, tree, name, cluster_tree) for name in self.explainers}
+
+    def engine(
+        self, classifier: Classifier, tree: nx.DiGraph | None, explainer: str, cluster_tree: nx.DiGraph | None = None
+    ) -> Engine:
+        """The engine of one explainer (its mode is irrelevant: evaluation asks for all)."""
+        return Engine(
+            classifier,
+            tree if cluster_tree is None else cluster_tree,
+            explainer,
+            "cwox2s",
+            cum=self.cum,
+            max_k=self.max_k,
+            seed=self.seed,
+            batch_size=self.batch_size,
+            role=self.role,
+            support=self.support,
+            explainer_params=self.params_of(explainer) or None,
+            cluster_source=self.cluster_source,
+            finer_classes=self.finer_classes,
+            finer_gamma=self.finer_gamma,
+        )
 
 
 # --------------------------------------------------------------------------- explaining
@@ -221,66 +281,40 @@ class EvaluationSetup:
 def explain_modes(
     engine: Engine, image: Image.Image | str | os.PathLike, modes: Sequence[str] = MODES
 ) -> tuple[torch.Tensor, dict[str, Explanation]]:
-    """Every mode's explanation of one photo from one set of base maps.
+    """Every mode's explanation of one photo: :meth:`Engine.explain_modes`, and the input.
 
-    Same result as ``Engine(..., mode=m).explain(image)`` for each ``m`` (same top-K,
-    clusters, support and normalisation), but the clean forward pass and the explainer's
-    ``explain_stages`` run once, on the union of all modes' targets per stage (with a
-    seeded RISE the masks are the same either way). Returns the normalised input tensor
-    (what the metrics perturb) and ``{mode: Explanation}``.
+    Returns the normalised input tensor (what the metrics perturb) and ``{mode: Explanation}``.
     """
     modes = _check_choice(modes, MODES, "mode")
-    path, cropped, x = engine.prepare(image)
-    clf = engine.classifier
-    explainer = engine.explainer
-    with explainer.session(x) as session:
-        classes, probs = top_k(session.probabilities, engine.k, cum=engine.cum, max_k=engine.max_k)
-        groups = cut_clusters(engine.tree, classes, level=engine.level)
-        plans = {m: plan_targets(classes, groups, m) for m in modes}
-        union: dict[str, list[Target]] = {}
-        for plan in plans.values():
-            for stage, targets in plan.stage_targets.items():
-                have = union.setdefault(stage, [])
-                have.extend(t for t in targets if t not in have)
-        base = session.explain_stages({s: t for s, t in union.items() if t})
-        contrasts: dict[str, dict[str, torch.Tensor]] = {}
-        if engine.role == "contrast":  # the engine resolved "auto" by what the explainer has
-            for m, plan in plans.items():
-                contrasts[m] = {s: session.contrast(p, stage=s) for s, p in plan.contrast_pairs().items()}
-    base = {s: normalize_maps(m.float(), engine.normalization) for s, m in base.items()}
-    image_u8 = np.asarray(cropped, dtype=np.uint8)
-    settings = engine.settings()
-    out: dict[str, Explanation] = {}
-    for m, plan in plans.items():
-        maps = {
-            s: base[s][torch.as_tensor([union[s].index(t) for t in targets], dtype=torch.long)]
-            for s, targets in plan.stage_targets.items()
-        }
-        cluster_maps, class_maps = compose(plan, maps, support=engine.support, contrasts=contrasts.get(m))
-        out[m] = Explanation(
-            image_path=path,
-            image=image_u8,
-            classes=list(classes),
-            class_names=[clf.class_names[c] for c in classes],
-            probs=list(probs),
-            clusters=groups,
-            mode=m,
-            explainer=explainer.name,
-            cluster_maps=None if cluster_maps is None else cluster_maps.detach().cpu().numpy().astype(np.float32),
-            class_maps=class_maps.detach().cpu().numpy().astype(np.float32),
-            settings={**settings, "mode": m},
-        )
-    return x, out
+    pil = image if isinstance(image, Image.Image) else load_image(Path(image))
+    _, _, x = engine.prepare(pil)
+    return x, engine.explain_modes(image, modes)
 
 
-def contrast_pairs(explanation: Explanation) -> list[tuple[int, tuple[int, ...]]]:
+def stage_setup(engine: Engine, modes: Sequence[str]) -> dict[str, Any]:
+    """What shapes each mode's maps, for ``settings.json``: per mode, the stages it reads and
+    each stage's setup (the explainer's ``cluster_*`` / ``class_*`` settings: Grad-CAM's
+    layers, RISE's masks), with Eq. 2's support percentile and the normalisation."""
+    ex = engine.explainer.settings()
+    per_stage = {
+        st: {k[len(st) + 1:]: v for k, v in ex.items() if k.startswith(f"{st}_")} for st in ("cluster", "class")
+    }
+    return {
+        "support_percentile": engine.support,
+        "normalization": engine.normalization,
+        "modes": {m: {st: per_stage[st] for st in MODE_STAGES[m]} for m in modes},
+    }
+
+
+def contrast_pairs(explanation: Explanation, clusters: Sequence[Sequence[int]] | None = None) -> list[tuple[int, tuple[int, ...]]]:
     """The paper's pairs ``(c, C_i \\ c)`` for every class of every multi-class cluster.
 
-    In cluster order, then class order within the cluster; singleton clusters give none.
+    The clusters are the explanation's unless ``clusters`` (the reference tree's) are
+    given. In cluster order, then class order within the cluster; singleton clusters give none.
     """
     return [
         (c, tuple(o for o in cluster if o != c))
-        for cluster in explanation.clusters
+        for cluster in (explanation.clusters if clusters is None else clusters)
         if len(cluster) >= 2
         for c in cluster
     ]
@@ -312,17 +346,26 @@ def score_explanations(
     explanations: dict[str, Explanation],
     setup: EvaluationSetup,
     image_name: str,
+    clusters: Sequence[Sequence[int]] | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of every metric for every pair and mode of one image and explainer.
+
+    The pairs are :func:`contrast_pairs` of ``clusters`` (the reference tree's; default
+    the explanations' own).
 
     CAUC and CDROP: one :func:`~cwox.online.metrics.contrastive_scores` call per pair over the
     heatmaps of all modes with ``n_delta="min"`` (the pair's smallest ``n_delta``, Sec. 5.1).
     The metrics API takes a single ``n_delta`` rule per call, so the per-pair minimum
     needs one call per pair; within it every mode's deletion images share the batches.
+
+    Class sensitivity (``spearman``, ``ssim``): per pair ``(c, C_i \\ c)``, the similarity
+    of the mode's map of ``c`` and its map of the most probable class of ``C_i \\ c``
+    (:func:`~cwox.online.metrics.class_sensitivity`; a two-class cluster gives the same
+    value on both of its rows).
     """
     modes = list(explanations)
     first = explanations[modes[0]]
-    pairs = contrast_pairs(first)
+    pairs = contrast_pairs(first, clusters)
     rows: list[dict[str, Any]] = []
     if not pairs:
         return rows
@@ -359,6 +402,14 @@ def score_explanations(
                 for i, m in enumerate(modes):
                     rows.append(_row(image_name, first.explainer, m, explanations[m], c, rest, metric,
                                      curves.auc[i], n_deltas[i]))
+        if any(m in setup.metrics for m in SENSITIVITY_METRICS):
+            other = first.classes.index(rest[0])
+            for i, m in enumerate(modes):
+                sims = class_sensitivity(maps[i], explanations[m].class_maps[other])
+                for metric in SENSITIVITY_METRICS:
+                    if metric in setup.metrics:
+                        rows.append(_row(image_name, first.explainer, m, explanations[m], c, rest, metric,
+                                         sims[metric], n_deltas[i]))
     return rows
 
 
@@ -369,13 +420,17 @@ def error_row(image: str, reason: str) -> dict[str, Any]:
     return row
 
 
-def _has_pairs(classifier: Classifier, image: Image.Image, engine: Engine) -> bool:
-    """Whether the image's top-K (the engine's rule) has a cluster of two or more classes."""
+def _has_pairs(classifier: Classifier, image: Image.Image, engine: Engine, tree: nx.DiGraph | None) -> bool:
+    """Whether the image's top-K (the engine's rule) has a cluster of two or more classes in ``tree``."""
     with torch.inference_mode():
         x = classifier.preprocess(image.convert("RGB"))[None].to(classifier.device)
         probs = classifier.probabilities(x)[0]
     classes, _ = top_k(probs, engine.k, cum=engine.cum, max_k=engine.max_k)
-    return any(len(g) >= 2 for g in cut_clusters(engine.tree, classes, level=engine.level))
+    return any(len(g) >= 2 for g in cut_clusters(tree, classes, level=engine.level))
+
+
+#: ``reference_tree`` default of :func:`evaluate_image`: the engines' own tree.
+ENGINE_TREE: Any = object()
 
 
 def evaluate_image(
@@ -384,18 +439,27 @@ def evaluate_image(
     engines: dict[str, Engine],
     setup: EvaluationSetup,
     name: str | None = None,
+    reference_tree: nx.DiGraph | None = ENGINE_TREE,
 ) -> list[dict[str, Any]]:
-    """Rows of one image for every explainer; a bad image gives one :func:`error_row`."""
+    """Rows of one image for every explainer; a bad image gives one :func:`error_row`.
+
+    The pairs scored are the in-cluster pairs of ``reference_tree`` (default: the
+    engines' tree), whatever cluster source made the maps.
+    """
     name = name or (str(image) if not isinstance(image, Image.Image) else "image")
     try:
         if not isinstance(image, Image.Image):
             image = load_image(Path(image))
         rows: list[dict[str, Any]] = []
-        if not _has_pairs(classifier, image, next(iter(engines.values()))):
+        some = next(iter(engines.values()))
+        tree = some.tree if reference_tree is ENGINE_TREE else reference_tree
+        if not _has_pairs(classifier, image, some, tree):
             return rows  # all clusters singletons: nothing to contrast, skip the explainers
         for explainer in setup.explainers:
             x, exps = explain_modes(engines[explainer], image, setup.modes)
-            rows.extend(score_explanations(classifier, x, exps, setup, name))
+            first = next(iter(exps.values()))
+            clusters = cut_clusters(tree, first.classes, level=engines[explainer].level)
+            rows.extend(score_explanations(classifier, x, exps, setup, name, clusters))
         return rows
     except (ImageError, OSError, ValueError) as exc:
         return [error_row(name, f"{type(exc).__name__}: {exc}")]
@@ -406,17 +470,19 @@ def evaluate_image(
 _WORKER_ENGINES: dict[tuple, tuple[Classifier, dict[str, Engine]]] = {}
 
 
-def _worker_evaluate(path: str, spec, tree: nx.DiGraph | None, setup: EvaluationSetup) -> list[dict[str, Any]]:
+def _worker_evaluate(
+    path: str, spec, tree: nx.DiGraph | None, setup: EvaluationSetup, cluster_tree: nx.DiGraph | None = None
+) -> list[dict[str, Any]]:
     """Dask task: explain and score one image; model and engines cached per worker process."""
     from cwox.core.models import worker_model
 
-    key = (spec, id(tree), setup)
+    key = (spec, id(tree), id(cluster_tree), setup)
     if key not in _WORKER_ENGINES:
         clf = worker_model(spec)
         _WORKER_ENGINES.clear()
-        _WORKER_ENGINES[key] = (clf, setup.engines(clf, tree))
+        _WORKER_ENGINES[key] = (clf, setup.engines(clf, tree, cluster_tree))
     clf, engines = _WORKER_ENGINES[key]
-    return evaluate_image(clf, path, engines, setup, name=path)
+    return evaluate_image(clf, path, engines, setup, name=path, reference_tree=tree)
 
 
 def evaluate_images(
@@ -424,59 +490,49 @@ def evaluate_images(
     images: Sequence[str | os.PathLike],
     tree: nx.DiGraph | None,
     *,
-    explainers: Sequence[str] = ("gradcam", "rise"),
-    modes: Sequence[str] = MODES,
-    metrics: Sequence[str] = CONTRASTIVE_METRICS,
-    cum: float = 0.95,
-    max_k: int = 5,
-    delta: float = 0.5,
-    step: int = 16,
-    substrate: str = "zero",
-    explainer_params: dict[str, dict[str, Any]] | None = None,
-    seed: int = 0,
-    batch_size: int | None = None,
-    role: str = "auto",
+    setup: EvaluationSetup | None = None,
+    cluster_tree: nx.DiGraph | None = None,
     client=None,
     model_spec=None,
     progress: bool = True,
+    **options: Any,
 ) -> list[dict[str, Any]]:
-    """CAUC / CDROP (and optional insertion / deletion) rows for many images (Sec. 5.1).
+    """CAUC / CDROP (and optional insertion / deletion, class sensitivity) rows for many images (Sec. 5.1).
 
     Args:
         classifier: the model (used in-process; with ``client`` only for checks).
         images: image file paths.
-        tree: the latent tree (None: every class alone, so no pairs).
-        explainers, modes, metrics: what to evaluate (see :class:`EvaluationSetup`).
-        cum, max_k: ``K = min(max_k, Cum(cum))`` (paper: 0.95, 5).
-        delta, step, substrate: metric settings (paper: ``delta = 0.5``; ``step`` > 1
-            samples the CAUC curve, see :mod:`cwox.online.metrics.contrastive`).
-        explainer_params: per-explainer keyword arguments, e.g. ``{"rise": {"n_masks": 500}}``.
-        seed, batch_size: explainer seed and forward batch size.
-        role: ``"auto"``, ``"base"`` or ``"contrast"``: whether CWOX-2s takes a native
-            contrast explainer's own "P rather than Q" maps (see :class:`EvaluationSetup`).
+        tree: the reference tree whose in-cluster pairs are scored (None: every class
+            alone, so no pairs).
+        setup: an :class:`EvaluationSetup`; or give its :meth:`EvaluationSetup.build`
+            keyword arguments as ``options`` (``explainers``, ``modes``, ``metrics``,
+            ``cum``, ``max_k``, ``delta``, ``step``, ``substrate``, ``explainer_params``,
+            ``seed``, ``batch_size``, ``role``, ``protocol``, ``cluster_source``,
+            ``finer_classes``, ``finer_gamma``).
+        cluster_tree: an imported tree whose clusters make the maps (``cluster_source``
+            ``"hlta"``); default ``tree``.
         client: a :class:`distributed.Client`: one task per image, the model loaded once
             per worker from ``model_spec`` (an :class:`cwox.offline.worker.ModelSpec`).
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (on a terminal only).
 
     Returns:
         rows (dicts with :data:`ROW_FIELDS`) in image order; a bad image gives one row
         whose ``error`` says why, and the others finish.
     """
-    setup = EvaluationSetup.build(
-        explainers=explainers, modes=modes, metrics=metrics, cum=cum, max_k=max_k, delta=delta,
-        step=step, substrate=substrate, explainer_params=explainer_params, seed=seed,
-        batch_size=batch_size, role=role,
-    )
+    if setup is None:
+        setup = EvaluationSetup.build(**options)
+    elif options:
+        raise ValueError("give either setup or its options, not both")
     paths = [str(p) for p in images]
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(paths), desc="evaluate", unit="image", disable=not progress)
+    bar = tqdm(total=len(paths), desc="evaluate", unit="image", disable=None if progress else True)
     per_image: list[list[dict[str, Any]]] = [[] for _ in paths]
     try:
         if client is None:
-            engines = setup.engines(classifier, tree)
+            engines = setup.engines(classifier, tree, cluster_tree)
             for i, p in enumerate(paths):
-                per_image[i] = evaluate_image(classifier, p, engines, setup, name=p)
+                per_image[i] = evaluate_image(classifier, p, engines, setup, name=p, reference_tree=tree)
                 bar.update(1)
         else:
             if model_spec is None:
@@ -484,8 +540,9 @@ def evaluate_images(
             from distributed import as_completed
 
             tree_future = client.scatter(tree, broadcast=True) if tree is not None else None
+            other_future = client.scatter(cluster_tree, broadcast=True) if cluster_tree is not None else None
             futures = {
-                client.submit(_worker_evaluate, p, model_spec, tree_future, setup, pure=False): i
+                client.submit(_worker_evaluate, p, model_spec, tree_future, setup, other_future, pure=False): i
                 for i, p in enumerate(paths)
             }
             for fut in as_completed(futures):
@@ -533,11 +590,15 @@ def summarize(
     confidence: float = 0.95,
     explainer_params: Mapping[str, Mapping[str, Any]] | None = None,
     role: str = "auto",
+    setup: EvaluationSetup | None = None,
+    stage_layers: Mapping[str, Any] | None = None,
 ) -> str:
     """Markdown tables shaped like the CWOX paper's Tables 1-3 (mean ± t-interval half-width).
 
     ``explainer_params`` (explainer -> parameters other than its defaults, as given to
-    :func:`evaluate_images`) is stated under the title when there are any.
+    :func:`evaluate_images`) is stated under the title when there are any; so are the
+    protocol, cluster source and Finer-CAM parameters of ``setup`` and each explainer's
+    stage setup (``stage_layers``, :func:`stage_setup`) when given.
 
     Table 1: CAUC per mode (rows) x explainer (columns); Table 2: CDROP; Table 3: CWOX-2s
     per base explainer with mean ``n_delta``, CAUC and CDROP. Extra tables for insertion /
@@ -569,6 +630,19 @@ def summarize(
         how = ("subtracts base maps (Eq. 1, 2) for every explainer" if role == "base"
                else "takes every explainer's native 'P rather than Q' maps")
         lines += [f"Role: {role} (CWOX-2s {how}).", ""]
+    if setup is not None:
+        support = ("the plain support of the cluster map (Eq. 2, percentile 0)" if setup.support == 0
+                   else "each explainer's display support percentile" if setup.support is None
+                   else f"support percentile {setup.support:g}")
+        lines += [f"Protocol: {setup.protocol} ({support}); clusters of the maps: {setup.cluster_source} "
+                  f"(pairs: the reference tree's); Finer-CAM: {setup.finer_classes} nearest-logit classes, "
+                  f"gamma {setup.finer_gamma:g}; K = min({setup.max_k}, Cum({setup.cum:g})).", ""]
+    for name, info in (stage_layers or {}).items():
+        cwox2s = info.get("modes", {}).get("cwox2s") or next(iter(info.get("modes", {}).values()), {})
+        parts = [f"{st}: " + ", ".join(f"{k}={v}" for k, v in cfg.items() if k in ("layer", "masks"))
+                 for st, cfg in cwox2s.items()]
+        if any(p.split(": ", 1)[1] for p in parts):
+            lines += [f"Stages of {name}: " + "; ".join(parts) + ".", ""]
 
     def values(explainer: str, mode: str, metric: str, field: str = "value") -> list[float]:
         return [float(r[field]) for r in good
@@ -579,6 +653,10 @@ def summarize(
         "cdrop": "Table 2: CDROP (Eq. 5, larger is better)",
         "insertion": "Insertion AUC of the class map for c (larger is better)",
         "deletion": "Deletion AUC of the class map for c (smaller is better)",
+        "spearman": "Class sensitivity: Spearman rank correlation of the maps of c and of the most "
+                    "probable other class of its cluster (lower is more class-sensitive)",
+        "ssim": "Class sensitivity: SSIM of the maps of c and of the most probable other class of "
+                "its cluster (lower is more class-sensitive)",
     }
     for metric in metrics:
         lines += [f"## {titles[metric]}", "", "| mode | " + " | ".join(explainers) + " |",
@@ -602,7 +680,7 @@ def summarize(
                   "| explainer | metric | baseline | mean difference | CWOX-2s better in |",
                   "|---|---|---|---|---|"]
         for e in explainers:
-            for metric in [m for m in metrics if m in CONTRASTIVE_METRICS]:
+            for metric in metrics:
                 ours = {(r["image"], r["class"]): float(r["value"]) for r in good
                         if r["explainer"] == e and r["mode"] == "cwox2s" and r["metric"] == metric}
                 for base in [m for m in modes if m != "cwox2s"]:
@@ -610,7 +688,7 @@ def summarize(
                               if r["explainer"] == e and r["mode"] == base and r["metric"] == metric}
                     keys = sorted(set(ours) & set(theirs))
                     diff = [ours[k] - theirs[k] for k in keys]
-                    better = sum((d < 0) if metric == "cauc" else (d > 0) for d in diff)
+                    better = sum((d > 0) if metric in ("cdrop", "insertion") else (d < 0) for d in diff)
                     mean, half, n = t_interval(diff, confidence)
                     lines.append(f"| {e} | {metric} | {MODE_LABELS[base]} | {_fmt(mean, half)} | "
                                  f"{better}/{n} pairs |")
@@ -655,30 +733,24 @@ def plot_curves(
     contrast: Sequence[int],
     path: str | os.PathLike,
     *,
-    modes: Sequence[str] = MODES,
-    delta: float = 0.5,
-    substrate: str = "zero",
+    setup: EvaluationSetup | None = None,
+    cluster_tree: nx.DiGraph | None = None,
     n_points: int = 41,
-    explainer_params: dict[str, Any] | None = None,
-    cum: float = 0.95,
-    max_k: int = 5,
-    seed: int = 0,
-    batch_size: int | None = None,
-    role: str = "auto",
 ) -> Path:
     """Fig. 6 of the CWOX paper: ``P(c)``, ``P(C')`` and ``s(r)`` (Eq. 3) vs deleted pixels.
 
-    One panel per mode, each over its own first ``n_delta`` pixels (``n_points`` evenly
-    spaced deletion counts), the dashed line marking the pair's smallest ``n_delta``
-    (where CAUC stops). Drawn on a bare :class:`matplotlib.figure.Figure` with the Agg
-    canvas, so no pyplot state is touched.
+    One panel per mode of ``setup`` (default :class:`EvaluationSetup`), each over its own
+    first ``n_delta`` pixels (``n_points`` evenly spaced deletion counts), the dashed line
+    marking the pair's smallest ``n_delta`` (where CAUC stops). Drawn on a bare
+    :class:`matplotlib.figure.Figure` with the Agg canvas, so no pyplot state is touched.
     """
     from cwox.online.metrics import contrastive_curve
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    engine = Engine(classifier, tree, explainer, "cwox2s", cum=cum, max_k=max_k, seed=seed, role=role,
-                    batch_size=batch_size, explainer_params=explainer_params or None)
+    setup = setup or EvaluationSetup.build(explainers=[explainer])
+    modes, delta, substrate, batch_size = setup.modes, setup.delta, setup.substrate, setup.batch_size
+    engine = setup.engine(classifier, tree, explainer, cluster_tree)
     x, exps = explain_modes(engine, image, modes)
     first = next(iter(exps.values()))
     if target not in first.classes:

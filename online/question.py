@@ -98,6 +98,8 @@ def write_question_report(
         ax.set_title(f"{name}" + (f"\n{scaled.note}" if scaled.note else ""), fontsize=9)
         ax.axis("off")
     fig.suptitle(meta.get("question", ""), fontsize=10)
+    if meta.get("note"):  # e.g. the reference bank's limits
+        fig.text(0.5, 0.01, meta["note"], ha="center", va="bottom", fontsize=7, wrap=True)
     paths = {"png": out / "why.png", "npz": out / "why.npz", "json": out / "why.json"}
     fig.savefig(paths["png"])
     np.savez_compressed(paths["npz"], image=image, **{k: v.astype(np.float32) for k, v in maps.items()})

@@ -40,7 +40,14 @@ from typing import IO, Any
 from urllib.parse import quote
 
 import numpy as np
-from cwox.online.diagnostics import CCE_KEY, FGVCE_KEY, diagnostic_warnings, question_text
+from cwox.online.diagnostics import (
+    BANK_KEY,
+    CCE_KEY,
+    FGVCE_KEY,
+    bank_text,
+    diagnostic_warnings,
+    question_text,
+)
 from cwox.online.explanation import Explanation
 from cwox.online.render import as_rgb_uint8, check_maps, draw_grid, format_prob, panel_letter
 
@@ -469,6 +476,7 @@ def _diagnostics_html(entry: IndexEntry) -> str:
     diagnostics = entry.diagnostics or {}
     names = {str(int(c)): str(n) for c, n, _p in entry.top}
     parts = []
+    parts.extend(f'<p class="meta">{html.escape(bank_text(r))}</p>' for r in diagnostics.get(BANK_KEY) or [])
     warnings = diagnostic_warnings(diagnostics, names)
     if warnings:
         parts.append('<ul class="warnings bad">' + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>")
@@ -485,7 +493,14 @@ def _diagnostics_html(entry: IndexEntry) -> str:
     return "".join(parts)
 
 
-def _section(number: int, entry: IndexEntry, base: Path) -> str:
+def _tree_link(entry: IndexEntry, tree_href: str) -> str:
+    """A link to the tree page with this image's top classes (and so their clusters) highlighted."""
+    classes = ",".join(str(int(c)) for c, _n, _p in entry.top)
+    target = f"{tree_href}#classes={classes}&photo={quote(os.path.basename(entry.image_path))}"
+    return f'<a href="{html.escape(target)}">clusters in the tree</a>'
+
+
+def _section(number: int, entry: IndexEntry, base: Path, tree_href: str | None = None) -> str:
     anchor = f"img-{number}"
     title = f"{number}. {html.escape(entry.image_path)}"
     if not entry.ok:
@@ -514,6 +529,8 @@ def _section(number: int, entry: IndexEntry, base: Path) -> str:
         for name in (JSON_NAME, MAPS_NAME, GRID_NAME)
         if folder is not None and (folder / name).is_file()
     ]
+    if tree_href and entry.top:
+        links.append(_tree_link(entry, tree_href))
     if links:
         parts.append('<p class="links">' + "".join(links) + "</p>")
     parts.append("</section>")
@@ -525,6 +542,7 @@ def write_index(
     out_dir: str | Path,
     *,
     title: str = "cwox explanations",
+    tree_page: str | Path | None = None,
 ) -> Path:
     """Write ``out_dir/index.html`` linking every image's report.
 
@@ -535,6 +553,9 @@ def write_index(
         out_dir: where ``index.html`` goes; report folders may lie anywhere, the
             links are relative to it.
         title: the page title.
+        tree_page: the page of the tree the clusters were cut from
+            (:mod:`cwox.online.tree_page`); linked at the top, and from each image with
+            its classes highlighted.
 
     Returns:
         the path of ``index.html``.
@@ -560,11 +581,15 @@ def write_index(
         f'<p class="summary">{len(items)} image{"s" * (len(items) != 1)}: '
         f"{n_ok} explained, {n_failed} failed.</p>",
     ]
+    tree_href = _href(Path(tree_page), base) if tree_page is not None else None
+    if tree_href:
+        body.append(f'<p class="summary">Clusters cut from <a href="{html.escape(tree_href)}">this latent tree</a> '
+                    "(searchable: a class, its cluster, the levels above).</p>")
     if items:
         body.append(f"<nav><ol>{nav}</ol></nav>")
     if failures:
         body.append(f'<h2 class="bad">Failed images</h2><ul class="failures">{failures}</ul>')
-    body.extend(_section(i, e, base) for i, e in enumerate(items, 1))
+    body.extend(_section(i, e, base, tree_href) for i, e in enumerate(items, 1))
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

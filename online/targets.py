@@ -16,18 +16,19 @@ the other), so an explainer is asked once per stage for all of them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import networkx as nx
+import numpy as np
 import torch
+from cwox.online.modes import CLUSTER_SOURCES, MODES
 
 from cwox.core.topk import TopKRule
 
 #: A class id or a compound class (a frozenset of class ids, at least two of them).
 Target = int | frozenset
 
-MODES = ("cwox2s", "cwox1sa", "cwox1sb", "swox")
 STAGES = ("cluster", "class")
 
 
@@ -160,6 +161,67 @@ def cut_clusters(tree: nx.DiGraph | None, labels: Sequence[int], level: int = 1)
     return out
 
 
+def source_clusters(
+    source: str,
+    tree: nx.DiGraph | None,
+    labels: Sequence[int],
+    *,
+    level: int = 1,
+    seed: int = 0,
+) -> list[list[int]]:
+    """Confusion clusters of ``labels`` (most probable first) from a cluster source.
+
+    The ablation "does the tree matter?" (:data:`cwox.online.modes.CLUSTER_SOURCES`):
+
+    * ``"hlta"``: :func:`cut_clusters` of ``tree`` (the paper; an imported tree too);
+    * ``"none"``: every class alone (no tree);
+    * ``"random"``: the tree's cluster sizes, filled with a seeded random permutation of
+      the labels. The generator is seeded with ``seed`` and the labels themselves, so a
+      photo gets the same clusters in any process and in any order of photos;
+    * ``"logits"``: the tree's cluster sizes, in the tree's order, filled with runs of
+      labels adjacent in logit order (``labels`` come most probable first, and the
+      softmax keeps the logits' order): Finer-CAM's "similar classes" as clusters.
+
+    ``random`` and ``logits`` keep the sizes, so they ask as many in-cluster questions
+    as the tree does; only which classes go together changes. Groups are ordered by
+    their first member in ``labels``, as :func:`cut_clusters` orders them.
+    """
+    if source not in CLUSTER_SOURCES:
+        raise ValueError(f"unknown cluster source {source!r}; choose one of {', '.join(CLUSTER_SOURCES)}")
+    labels = [int(x) for x in labels]
+    if source == "none":
+        return [[lab] for lab in labels]
+    groups = cut_clusters(tree, labels, level=level)
+    if source == "hlta":
+        return groups
+    sizes = [len(g) for g in groups]
+    if source == "random":
+        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, *labels])
+        order = [labels[i] for i in rng.permutation(len(labels))]
+    else:  # logits
+        order = list(labels)
+    out, start = [], 0
+    for n in sizes:
+        out.append(order[start:start + n])
+        start += n
+    rank = {lab: i for i, lab in enumerate(labels)}
+    out = [sorted(g, key=rank.__getitem__) for g in out]
+    return sorted(out, key=lambda g: rank[g[0]])
+
+
+def nearest_logit_classes(probs: torch.Tensor, target: int, n: int) -> list[int]:
+    """The ``n`` classes whose logits are nearest class ``target``'s (Finer-CAM's comparisons).
+
+    ``probs`` is the softmax output; ``log p_c - log p_d = z_c - z_d``, so distances in
+    log-probability are distances in logits. Ties go to the lower class id (stable).
+    """
+    logp = torch.as_tensor(probs).detach().flatten().double().cpu().clamp_min(1e-300).log()
+    dist = (logp - logp[int(target)]).abs()
+    dist[int(target)] = float("inf")
+    order = torch.sort(dist, stable=True).indices
+    return [int(i) for i in order[: int(n)]]
+
+
 # --------------------------------------------------------------------------- plans
 
 
@@ -183,6 +245,9 @@ class TargetPlan:
             ``C_i \\ c`` (CWOX-2s, None when J_i = 1), ``C \\ c`` (CWOX-1s, None
             when K = 1), or None (SWOX).
         class_cluster: per class, the index of its cluster.
+        class_comparisons: Finer-CAM only: per class, the indices in
+            ``stage_targets["cluster"]`` of its nearest-logit comparison classes.
+        gamma: Finer-CAM only: the weight of the comparison classes' mean map.
     """
 
     mode: str
@@ -195,6 +260,8 @@ class TargetPlan:
     class_fact: list[int] = field(default_factory=list)
     class_foil: list[int | None] = field(default_factory=list)
     class_cluster: list[int] = field(default_factory=list)
+    class_comparisons: list[list[int]] = field(default_factory=list)
+    gamma: float = 1.0
 
     @property
     def n_targets(self) -> int:
@@ -248,16 +315,28 @@ class TargetPlan:
         return out
 
 
-def plan_targets(classes: Sequence[int], clusters: Sequence[Sequence[int]], mode: str = "cwox2s") -> TargetPlan:
+def plan_targets(
+    classes: Sequence[int],
+    clusters: Sequence[Sequence[int]],
+    mode: str = "cwox2s",
+    *,
+    comparisons: Mapping[int, Sequence[int]] | None = None,
+    gamma: float = 1.0,
+) -> TargetPlan:
     """The targets ``mode`` needs for these top classes and clusters.
 
     * ``swox``: ``H_c`` for each class.
     * ``cwox1sa`` / ``cwox1sb``: ``H_c`` and ``H_{C \\ c}`` (C = all top classes).
     * ``cwox2s``: stage one ``H_{C_i}`` and ``H_{C \\ C_i}`` (Eq. 1); stage two
       ``H_c`` and ``H_{C_i \\ c}`` (Eq. 2).
+    * ``finercam``: ``H_c`` and ``H_d`` of each of ``comparisons[c]`` (single classes,
+      :func:`nearest_logit_classes`), at the standard stage; ``gamma`` weighs their mean
+      (:func:`cwox.online.compose.finercam`).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "finercam" and comparisons is None:
+        raise ValueError("Finer-CAM needs the comparison classes of every top class")
     classes = [int(c) for c in classes]
     clusters = [[int(c) for c in cl] for cl in clusters]
     if not classes:
@@ -291,6 +370,13 @@ def plan_targets(classes: Sequence[int], clusters: Sequence[Sequence[int]], mode
             own = clusters[cluster_at[c]]
             plan.class_fact.append(need("class", [c]))
             plan.class_foil.append(need("class", set(own) - {c}) if len(own) > 1 else None)
+    elif mode == "finercam":
+        plan.gamma = float(gamma)
+        for c in classes:
+            plan.class_fact.append(need("cluster", [c]))
+            plan.class_foil.append(None)
+        for c in classes:
+            plan.class_comparisons.append([need("cluster", [int(d)]) for d in comparisons[c]])
     else:
         plan.class_stage = "cluster"
         for c in classes:

@@ -80,6 +80,8 @@ def fit_tree(
     out: str | os.PathLike,
     *,
     publish: bool = False,
+    train_rows: np.ndarray | None = None,
+    extra_meta: dict[str, Any] | None = None,
     **hlta_params: Any,
 ) -> FitResult:
     """Fit :class:`hlta.HLTA` on the documents store ``docs``; save a version to ``out``.
@@ -90,17 +92,33 @@ def fit_tree(
             ``min_k`` labels are left out).
         out: the tree store (created on first use); each call adds a version.
         publish: atomically point the store's ``latest`` at the new version.
+        train_rows: fit on these rows only (a boolean mask over the usable documents,
+            :meth:`~cwox.store.documents.Documents.label_matrix`); the nightly job holds
+            out the others to compare trees on.
+        extra_meta: more provenance to record with the version.
         hlta_params: passed to :class:`hlta.HLTA` (``ud_threshold``, ``ct_threshold``,
             ``bic_batch``, ``max_island``, ``max_top``, ``random_state``...).
 
     Raises:
-        ValueError: the store cannot be read or holds no usable documents.
+        ValueError: the store cannot be read or holds no usable documents, or ``publish`` was asked for a
+            store whose run has not finished (a half-finished run must not go online).
     """
     t0 = time.perf_counter()
     store, X, _ = read_documents(docs)
     warnings = []
     if not store.complete:
+        done = store.group["done"][:]
+        if publish:  # online readers would switch to a tree of part of the data
+            raise ValueError(
+                f"documents store {str(docs)!r} is not complete ({int(done.sum())} of {done.size} chunks "
+                "done); rerun `cwox documents` with the same inputs to finish it before publishing, "
+                "or fit without --publish"
+            )
         warnings.append(f"{docs} is not complete; fitted on the documents computed so far")
+    if train_rows is not None:
+        X = X[np.asarray(train_rows, dtype=bool)]
+    if X.shape[0] == 0:
+        raise ValueError(f"documents store {str(docs)!r} holds no usable documents")
     est = HLTA(**hlta_params).fit(X, class_names=store.class_names)
     meta = {
         "model": store.model,
@@ -112,6 +130,7 @@ def fit_tree(
         "bic": float(est.bic_),
         "n_params": int(est.n_params_),
         "n_documents": int(est.n_documents_),
+        **(extra_meta or {}),
     }
     version = save_tree(est.tree_, out, meta=meta, publish=publish)
     return FitResult(version, est, int(X.shape[0]), time.perf_counter() - t0, warnings)

@@ -73,7 +73,7 @@ def create_documents(
     if n == 0:
         raise ValueError("no input images")
     remove_store(path, DOCUMENTS)
-    g = zarr.open_group(str(path), mode="w")
+    g = zarr.open_group(str(path), mode="w-")  # nothing is there now: never let zarr delete
     rows = (chunk_size,)
     g.create_array("labels", shape=(n, width), dtype="int32", chunks=(chunk_size, width), fill_value=-1)
     g.create_array("probs", shape=(n, width), dtype="float32", chunks=(chunk_size, width), fill_value=0.0)

@@ -181,3 +181,20 @@ def test_evaluate_refuses_a_user_folder_before_any_work(victim, photo_dir):
               "--device", "cpu", "--quiet")
     assert res.exit_code == 2 and "does not write into it" in res.output, res.output
     assert snapshot(victim) == before
+
+
+def test_a_link_to_a_store_is_judged_by_its_target(tmp_path, victim):
+    import os
+
+    docs = tmp_path / "real.zarr"
+    _docs(docs)
+    os.symlink(docs, tmp_path / "link.zarr")
+    assert check_replaceable(tmp_path / "link.zarr", DOCUMENTS) == "store"
+    _docs(tmp_path / "link.zarr")  # replaced through the link; the link stays
+    assert (tmp_path / "link.zarr").is_symlink() and open_documents(tmp_path / "link.zarr").n_documents == 2
+    os.symlink(victim, tmp_path / "photos_link")
+    with pytest.raises(NotOurStoreError, match="cwox did not make"):
+        remove_store(tmp_path / "photos_link", DOCUMENTS)
+    os.symlink(tmp_path / "nothing", tmp_path / "dangling")
+    with pytest.raises(NotOurStoreError, match="link to nothing"):
+        check_replaceable(tmp_path / "dangling", DOCUMENTS)

@@ -57,8 +57,8 @@ def cli_run(setup):
     out = setup["root"] / "out"
     res = CliRunner().invoke(main, [
         "evaluate", str(setup["photos"]), "--tree", str(setup["store"]), "--device", "cpu",
-        "--explainers", "gradcam,rise", "--n-masks", "24", "--step", str(STEP),
-        "--curve-points", "5", "--quiet", "--out", str(out),
+        "--explainers", "gradcam,rise", "--n-masks", "24", "-p", "rise.class_n_masks=24", "--step", str(STEP),
+        "--modes", ",".join(MODES), "--metrics", "cauc,cdrop", "--curve-points", "5", "--quiet", "--out", str(out),
     ], catch_exceptions=False)
     with (out / "results.csv").open(newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
@@ -197,8 +197,8 @@ def test_role_decides_whether_cwox2s_takes_native_contrasts(setup, default_class
     params = {"reference_bank": photo_crop_bank(clf), "max_steps": 2, "class_layer": clf.cluster_layer}
     maps = {}
     for role in ("auto", "base"):
-        engine = EvaluationSetup.build(explainers=["fgvce"], explainer_params={"fgvce": params}, role=role).engines(
-            clf, setup["tree"])["fgvce"]
+        engine = EvaluationSetup.build(explainers=["fgvce"], explainer_params={"fgvce": params}, role=role,
+                                       protocol="explain").engines(clf, setup["tree"])["fgvce"]
         _, exps = explain_modes(engine, image, ("swox", "cwox2s"))
         ref = Engine(clf, setup["tree"], "fgvce", "cwox2s", cum=0.95, max_k=5, explainer_params=params,
                      role="contrast" if role == "auto" else "base").explain(image)
@@ -222,3 +222,33 @@ def test_cli_role_is_recorded(setup):
     assert res.exit_code == 0, res.output
     assert json.loads((out / "settings.json").read_text())["role"] == "base"
     assert "Role: base (CWOX-2s subtracts base maps" in (out / "summary.md").read_text()
+
+
+def test_cli_cluster_source_finercam_and_class_sensitivity(setup, default_classifier):
+    """``--cluster-source random`` and Finer-CAM rows; the pairs stay the reference tree's."""
+    import json
+
+    out = setup["root"] / "out-source"
+    image = str(setup["photos"] / "chelsea.jpg")
+    res = CliRunner().invoke(main, [
+        "evaluate", image, "--tree", str(setup["store"]), "--device", "cpu", "--explainers", "gradcam",
+        "--modes", "swox,cwox2s,finercam", "--metrics", "spearman,ssim", "--cluster-source", "random",
+        "--finer-classes", "2", "--no-plot", "--quiet", "--out", str(out),
+    ], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["cluster_source"] == "random" and settings["protocol"] == "paper"
+    assert settings["support"] == 0.0 and settings["finer_classes"] == 2
+    layers = settings["stage_setup"]["gradcam"]["modes"]
+    assert set(layers["cwox2s"]) == {"cluster", "class"} and set(layers["finercam"]) == {"cluster"}
+    with (out / "results.csv").open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    got = {(int(r["class"]), r["contrast"]) for r in rows}
+    assert got == expected_pairs(default_classifier, setup["tree"], image)
+    assert {r["mode"] for r in rows} == {"swox", "cwox2s", "finercam"}
+    assert {r["metric"] for r in rows} == {"spearman", "ssim"}
+    for r in rows:
+        v = float(r["value"])
+        assert math.isnan(v) or -1.0 <= v <= 1.0
+    summary = (out / "summary.md").read_text()
+    assert "Finer-CAM" in summary and "Class sensitivity" in summary and "clusters of the maps: random" in summary

@@ -377,22 +377,23 @@ def test_insertion_deletion_by_hand(hand):
 
 # ----------------------------------------------------------------- CCE, FG-VCE, SUNY scores
 def test_class_deviation_score_by_hand(hand):
+    """The probability reading of Eq. 8 (the logits default: tests/test_evaluation_protocol.py)."""
     model, image = hand
     without_a = image * (1 - A)
     without_b = image * (1 - B)
     # x0: P = (16, 16, 1)/33. Deleting A: P = (1, 16, 1)/18; non-target classes {1, 2}
     # renormalised: (16/17, 1/17) before and after, KL = 0: CDS = 16/33 - 1/18.
-    assert class_deviation_score(model, image, without_a[None], 0) == pytest.approx(
+    assert class_deviation_score(model, image, without_a[None], 0, z="probabilities") == pytest.approx(
         16 / 33 - 1 / 18, rel=1e-6
     )
     # Deleting B: P = (16, 1, 1)/18; non-target (16/17, 1/17) -> (1/2, 1/2):
     # KL = 16/17 ln(32/17) + 1/17 ln(2/17); CDS = (16/33 - 16/18) / (1 + KL) < 0.
     kl = 16 / 17 * math.log(32 / 17) + 1 / 17 * math.log(2 / 17)
-    assert class_deviation_score(model, image, without_b[None], [0]) == pytest.approx(
+    assert class_deviation_score(model, image, without_b[None], [0], z="probabilities") == pytest.approx(
         (16 / 33 - 16 / 18) / (1 + kl), rel=1e-6
     )
     # Both perturbations: the drop and the KL are averaged over them.
-    both = class_deviation_score(model, image, torch.stack([without_a, without_b]), 0)
+    both = class_deviation_score(model, image, torch.stack([without_a, without_b]), 0, z="probabilities")
     assert both == pytest.approx((16 / 33 - (1 / 18 + 16 / 18) / 2) / (1 + kl / 2), rel=1e-6)
 
 

@@ -39,6 +39,20 @@ def topk_options(f: Callable) -> Callable:
     return f
 
 
+def quiet_option(f: Callable) -> Callable:
+    """``--quiet``: no progress bars (they show only on a terminal anyway)."""
+    return click.option("--quiet", is_flag=True, help="No progress bars (none are drawn when stderr is piped).")(f)
+
+
+def silence_progress(flag: bool) -> None:
+    """Turn the explainers' pass bars off for this command when ``flag``; back on when it ends."""
+    from cwox.core.progress import set_enabled
+
+    if flag:
+        previous = set_enabled(False)
+        click.get_current_context().call_on_close(lambda: set_enabled(previous))
+
+
 class CommandError(click.ClickException):
     """A usage or set-up error: nothing was computed. Exit code 2 (1 means some items failed)."""
 

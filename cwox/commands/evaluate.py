@@ -29,11 +29,13 @@ from cwox.commands.common import (
     explainer_params,
     model_options,
     param_option,
+    quiet_option,
+    silence_progress,
     tree_option,
 )
+from cwox.online.modes import CLUSTER_SOURCES, MODES, PAPER_CUM, PAPER_MAX_K, ROLES
 
-MODES = ("swox", "cwox1sa", "cwox1sb", "cwox2s")
-METRICS = ("cauc", "cdrop", "insertion", "deletion")
+METRICS = ("cauc", "cdrop", "insertion", "deletion", "spearman", "ssim")
 
 
 def _split(value: str) -> list[str]:
@@ -58,11 +60,25 @@ def _check_list(value: str, allowed, option: str) -> list[str]:
 @click.option("--explainers", default="gradcam,rise", show_default=True,
               help="Comma-separated base explainers (gradcam, rise, cce, suny, fgvce).")
 @click.option("--modes", default=",".join(MODES), show_default=True, help="Comma-separated modes.")
-@click.option("--metrics", default="cauc,cdrop", show_default=True,
-              help="Comma-separated: cauc, cdrop, insertion, deletion.")
-@click.option("--cum", type=click.FloatRange(0, 1, min_open=True), default=0.95, show_default=True,
+@click.option("--metrics", default="cauc,cdrop,spearman,ssim", show_default=True,
+              help="Comma-separated: cauc, cdrop (Eq. 4, 5), insertion, deletion (single-class), "
+                   "spearman, ssim (class sensitivity: similarity of two top classes' maps).")
+@click.option("--protocol", type=click.Choice(("paper", "explain")), default="paper", show_default=True,
+              help="paper: Eq. 2 with the plain support of the cluster map and RISE's stage two on its "
+                   "own finer masks (N=3000, cells 10, p=0.14); explain: the maps 'cwox explain' shows "
+                   "(display support percentile, RISE stages sharing masks).")
+@click.option("--cluster-source", default="hlta", show_default=True,
+              help="Where the maps' clusters come from: hlta (--tree), none (every class alone), random "
+                   "(the tree's cluster sizes, classes shuffled, seeded), logits (the tree's sizes, "
+                   "classes adjacent in logit order) or a PATH to another tree store. The pairs scored "
+                   "are always --tree's.")
+@click.option("--finer-classes", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Finer-CAM: nearest-logit comparison classes per class.")
+@click.option("--finer-gamma", type=float, default=1.0, show_default=True,
+              help="Finer-CAM: weight of the comparison classes' mean.")
+@click.option("--cum", type=click.FloatRange(0, 1, min_open=True), default=PAPER_CUM, show_default=True,
               help="K = min(--max-k, Cum(--cum)), as the paper.")
-@click.option("--max-k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--max-k", type=click.IntRange(min=1), default=PAPER_MAX_K, show_default=True)
 @click.option("--delta", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
               help="delta-salient pixels: H >= delta * max H.")
 @click.option("--step", type=click.IntRange(min=1), default=16, show_default=True,
@@ -70,7 +86,7 @@ def _check_list(value: str, allowed, option: str) -> list[str]:
 @click.option("--substrate", type=click.Choice(["zero", "blur"]), default="zero", show_default=True)
 @click.option("--n-masks", type=click.IntRange(min=1), default=None, help="RISE masks (default: RISE's).")
 @param_option
-@click.option("--role", type=click.Choice(("auto", "base", "contrast")), default="auto", show_default=True,
+@click.option("--role", type=click.Choice(ROLES), default="auto", show_default=True,
               help="CWOX-2s with cce, suny or fgvce (with a bank): auto/contrast use the explainer's own "
                    "'P rather than Q' maps, base subtracts its saliency maps (Eq. 1, 2).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of randomised explainers.")
@@ -83,14 +99,15 @@ def _check_list(value: str, allowed, option: str) -> list[str]:
 @click.option("--curve-points", type=click.IntRange(min=2), default=41, show_default=True,
               help="Deletion counts per curve in curves.png.")
 @click.option("--no-plot", is_flag=True, help="Do not draw curves.png.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def evaluate(images, model, weights, device, tree_opt, explainers, modes, metrics, cum, max_k, delta,
-             step, substrate, n_masks, param_items, role, seed, batch_size, scheduler, workers, limit, out_dir,
-             curve_points, no_plot, quiet):
+@quiet_option
+def evaluate(images, model, weights, device, tree_opt, explainers, modes, metrics, protocol, cluster_source,
+             finer_classes, finer_gamma, cum, max_k, delta, step, substrate, n_masks, param_items, role, seed,
+             batch_size, scheduler, workers, limit, out_dir, curve_points, no_plot, quiet):
     """Score the whole-output modes of each IMAGE with CAUC / CDROP (files, folders, .txt lists)."""
     from cwox.core.images import collect_inputs
     from cwox.online.explainers import available_explainers
 
+    silence_progress(quiet)
     names = _check_list(explainers, tuple(available_explainers()), "--explainers")
     modes = _check_list(modes, MODES, "--modes")
     metrics = _check_list(metrics, METRICS, "--metrics")
@@ -120,14 +137,22 @@ def evaluate(images, model, weights, device, tree_opt, explainers, modes, metric
     except (ValueError, OSError) as exc:
         raise CommandError(str(exc)) from exc
     tree = load_tree_option(tree_opt, classifier.name, classifier.class_names)
-    setup_kwargs = dict(explainers=names, modes=modes, metrics=metrics, cum=cum, max_k=max_k, delta=delta,
-                        step=step, substrate=substrate, explainer_params=params or None, seed=seed,
-                        batch_size=batch_size, role=role)
+    cluster_tree = None
+    if cluster_source.lower() not in CLUSTER_SOURCES:  # a path: an imported tree makes the clusters
+        cluster_tree = load_tree_option(cluster_source, classifier.name, classifier.class_names)
+        if cluster_tree is None:
+            raise click.UsageError("--cluster-source none is the 'none' source; a path must name a tree store")
+    source_name = cluster_source.lower() if cluster_tree is None else "hlta"
     try:
         # Every explainer is built once here, before any image (and before any Dask worker
         # builds its own): a bad parameter is a usage error with the explainer's message.
-        setup = evaluation.EvaluationSetup.build(**setup_kwargs)
-        explainer_settings = {n: e.explainer.settings() for n, e in setup.engines(classifier, tree).items()}
+        setup = evaluation.EvaluationSetup.build(
+            explainers=names, modes=modes, metrics=metrics, cum=cum, max_k=max_k, delta=delta, step=step,
+            substrate=substrate, explainer_params=params or None, seed=seed, batch_size=batch_size,
+            role=role, protocol=protocol, cluster_source=source_name, finer_classes=finer_classes,
+            finer_gamma=finer_gamma,
+        )
+        engines = setup.engines(classifier, tree, cluster_tree)
     except (ValueError, TypeError, OSError) as exc:
         raise explainer_error(exc, param_items) from exc
     settings = {
@@ -138,11 +163,14 @@ def evaluate(images, model, weights, device, tree_opt, explainers, modes, metric
         "device": str(classifier.device),
         "tree": tree_opt,
         "tree_version": None if tree is None else tree.graph.get("version"),
+        "cluster_tree": None if cluster_tree is None else cluster_source,
+        "cluster_tree_version": None if cluster_tree is None else cluster_tree.graph.get("version"),
         "n_images": len(paths),
-        "explainer_settings": explainer_settings,
+        "explainer_settings": {n: e.explainer.settings() for n, e in engines.items()},
+        "stage_setup": {n: evaluation.stage_setup(e, setup.modes) for n, e in engines.items()},
     }
     _check_out(Path(out_dir))
-    kwargs = {**setup_kwargs, "progress": not quiet}
+    kwargs = {"setup": setup, "cluster_tree": cluster_tree, "progress": not quiet}
     try:
         if scheduler or workers:
             from cwox.offline.documents import dask_client
@@ -162,7 +190,8 @@ def evaluate(images, model, weights, device, tree_opt, explainers, modes, metric
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     evaluation.write_results_csv(rows, out / "results.csv")
-    summary = evaluation.summarize(rows, explainer_params=settings["explainer_params"], role=role)
+    summary = evaluation.summarize(rows, explainer_params=settings["explainer_params"], role=role,
+                                   setup=setup, stage_layers=settings["stage_setup"])
     (out / "summary.md").write_text(summary, encoding="utf-8")
     (out / "settings.json").write_text(json.dumps(settings, indent=2, default=str) + "\n", encoding="utf-8")
     failed = [r for r in rows if r.get("error")]
@@ -171,11 +200,8 @@ def evaluate(images, model, weights, device, tree_opt, explainers, modes, metric
     example = evaluation.example_pair(rows)
     if example is not None and not no_plot:
         image, explainer, target, rest = example
-        evaluation.plot_curves(
-            classifier, image, tree, explainer, target, rest, out / "curves.png", modes=modes,
-            delta=delta, substrate=substrate, explainer_params=params.get(explainer), cum=cum,
-            max_k=max_k, seed=seed, batch_size=batch_size, n_points=curve_points, role=role,
-        )
+        evaluation.plot_curves(classifier, image, tree, explainer, target, rest, out / "curves.png",
+                               setup=setup, cluster_tree=cluster_tree, n_points=curve_points)
     n_pairs = len({(r["image"], r["class"]) for r in rows if not r.get("error")})
     click.echo(f"{len(paths) - len({r['image'] for r in failed})}/{len(paths)} images scored, "
                f"{n_pairs} in-cluster pairs; wrote {out / 'results.csv'}, {out / 'summary.md'}, "

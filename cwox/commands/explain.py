@@ -24,12 +24,16 @@ from cwox.commands.common import (
     explainer_params,
     model_options,
     param_option,
+    quiet_option,
+    silence_progress,
     topk_options,
     tree_option,
 )
+from cwox.online.modes import MODES, ROLES
 from cwox.store.default_tree import DEFAULT_TREE
 
-MODES = ("cwox2s", "cwox1sa", "cwox1sb", "swox")
+#: FG-VCE's embedded reference bank for the default model (``python -m cwox.pipelines.default_bank``).
+DEFAULT_BANK = Path(DEFAULT_TREE).with_name("default_bank.zarr")
 
 
 def load_tree_option(value: str, model_name: str, class_names: list[str]):
@@ -85,7 +89,7 @@ def _unique_dir(out: Path, image_path: str, used: set[str]) -> Path:
 @tree_option
 @click.option("--explainer", default="gradcam", show_default=True,
               help="gradcam, rise, cce, suny or fgvce.")
-@click.option("--role", type=click.Choice(("auto", "base", "contrast")), default="auto", show_default=True,
+@click.option("--role", type=click.Choice(ROLES), default="auto", show_default=True,
               help="base: subtract saliency maps (Eq. 1, 2); contrast: the explainer's native "
                    "'P rather than Q' maps (cce, suny, fgvce); auto: contrast where available.")
 @click.option("--reference-bank", type=click.Path(), default=None,
@@ -97,7 +101,7 @@ def _unique_dir(out: Path, image_path: str, used: set[str]) -> Path:
 @click.option("--other", "other_image", type=click.Path(dir_okay=False), default=None,
               help="CCE's O-contrast: why is IMAGE a P while this other image is Q.")
 @click.option("--mode", type=click.Choice(MODES), default="cwox2s", show_default=True,
-              help="Whole-output mode.")
+              help="Whole-output mode (finercam: Finer-CAM, each class against its nearest-logit classes).")
 @topk_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per forward/backward pass (default: by device).")
@@ -106,13 +110,19 @@ def _unique_dir(out: Path, image_path: str, used: set[str]) -> Path:
               help="RISE: number of masks N (default 5000, the CWOX public code's stage-one N).")
 @param_option
 @click.option("--support", type=click.FloatRange(0, 100), default=None,
-              help="Support percentile of Eq. (2) (default: the explainer's, Grad-CAM 50, RISE 70).")
+              help="Support percentile of Eq. (2), a display choice: it keeps the strongest part of "
+                   "the cluster's evidence (default: the explainer's, Grad-CAM 50, RISE 70, as the CWOX "
+                   "public code's examples; 0 is the paper's plain support, what `cwox evaluate` scores).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="cwox-out", show_default=True,
               help="Output folder; each image gets OUT/<image-stem>/.")
+@quiet_option
 def explain(images, model, weights, device, tree_opt, explainer, role, reference_bank, why_p, rather_q,
-            other_image, mode, top_k, cum, max_k, batch_size, seed, n_masks, param_items, support, out_dir):
+            other_image, mode, top_k, cum, max_k, batch_size, seed, n_masks, param_items, support, out_dir,
+            quiet):
     """Explain the top classes of each IMAGE (files, folders, or .txt lists of paths)."""
     from cwox.core.images import ImageError, collect_inputs
+
+    silence_progress(quiet)
 
     if top_k is not None and cum is not None:
         raise click.UsageError("give --top-k K or --cum P (with --max-k K), not both")
@@ -144,9 +154,10 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
         classifier = load_model(model, weights=weights, device=device)
     except (ValueError, OSError) as exc:
         raise CommandError(str(exc)) from exc
+    bank_name = _default_bank(explainer, params, classifier)
     if why_p:
         sys.exit(_ask(paths, classifier, explainer, why_p, rather_q, other_image, params,
-                      batch_size, seed, Path(out_dir), param_items))
+                      batch_size, seed, Path(out_dir), param_items, bank_name))
     tree = load_tree_option(tree_opt, classifier.name, classifier.class_names)
     try:
         engine = Engine(
@@ -159,13 +170,15 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
 
     from tqdm import tqdm
 
+    from cwox.online.diagnostics import BANK_KEY, FGVCE_KEY
     from cwox.online.report import IndexEntry, write_index, write_report
 
     out = Path(out_dir)
     used: set[str] = set()
     entries = []
     failed = 0
-    bar = tqdm(paths, desc="explain", unit="image", disable=len(paths) < 3, file=sys.stderr)
+    bar = tqdm(paths, desc="explain", unit="image", disable=True if len(paths) < 3 or quiet else None,
+               file=sys.stderr)
     for path in bar:
         try:
             result = engine.explain(path)
@@ -180,6 +193,8 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
             tqdm.write(f"failed {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
         target = _unique_dir(out, path, used)
+        if FGVCE_KEY in result.diagnostics:  # counterfactuals ran: say which bank, and what it lacks
+            result.diagnostics[BANK_KEY] = [_bank_record(engine.explainer, bank_name, result.classes)]
         write_report(result, target)
         entries.append(IndexEntry.from_explanation(result, target))
         lines = [f"{path} -> {target}/ ({result.timings['total']:.2f} s)", *format_clusters(result)]
@@ -187,17 +202,51 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
         for warning in result.warnings():  # e.g. an FG-VCE counterfactual that did not flip
             tqdm.write(f"  warning: {warning}", file=sys.stderr)
     bar.close()
-    index = write_index(entries, out)
+    tree_page = None
+    if tree is not None:  # the page of the tree the clusters come from, linked from index.html
+        from cwox.online.tree_page import PAGE_NAME, write_tree_page
+
+        try:
+            source = "the embedded default tree" if tree_opt.lower() == "default" else tree_opt
+            tree_page = write_tree_page(tree, out / PAGE_NAME, source=source)
+        except FileExistsError as exc:  # a file of the user's own: keep it, link no tree
+            click.echo(f"warning: no tree page: {exc}", err=True)
+    index = write_index(entries, out, tree_page=tree_page)
     click.echo(f"{len(paths) - failed} of {len(paths)} images explained; index: {index}")
     sys.exit(1 if failed else 0)
 
 
+def _default_bank(explainer: str, params: dict, classifier) -> str | None:
+    """FG-VCE's bank name for the reports; puts the embedded default bank in ``params`` when none is given.
+
+    The default bank serves the default model only (its features are that model's);
+    for another model FG-VCE runs without a bank (base role) unless one is given.
+    """
+    if explainer != "fgvce":
+        return None
+    if params.get("reference_bank") is not None:
+        return str(params["reference_bank"])
+    if DEFAULT_BANK.exists() and classifier.name == "efficientnet_lite0":
+        params["reference_bank"] = str(DEFAULT_BANK)
+        return f"default ({DEFAULT_BANK.parent.name}/{DEFAULT_BANK.name})"
+    return None
+
+
+def _bank_record(method, name: str | None, asked) -> dict:
+    """The bank record (:func:`cwox.online.diagnostics.bank_record`) of ``method``'s bank for classes ``asked``."""
+    from cwox.online.diagnostics import bank_record
+
+    bank = method.bank
+    return bank_record(name or "given", bank.summary(), bank.classes.tolist(), asked, method.classifier.class_names)
+
+
 def _ask(paths, classifier, explainer, why_p, rather_q, other_image, params, batch_size, seed, out,
-         param_items=()) -> int:
+         param_items=(), bank_name=None) -> int:
     """``--why P [--rather-than Q | --other IMAGE2]``: the explainer's own pair of maps per image."""
     import numpy as np
 
     from cwox.core.images import ImageError, load_image
+    from cwox.online.diagnostics import BANK_KEY, bank_text
     from cwox.online.explainers import get_explainer
     from cwox.online.question import (
         QUESTION_MAPS,
@@ -242,6 +291,12 @@ def _ask(paths, classifier, explainer, why_p, rather_q, other_image, params, bat
         target = _unique_dir(out, path, used)
         meta = {"image": str(path), "explainer": explainer, "question": question,
                 "fact": fact, "foil": foil, "settings": method.settings()}
+        if getattr(method, "bank", None) is not None:  # FG-VCE: which bank, and what it lacks
+            goal = answer["extra"].get("report", {}).get("goal")  # the foil FG-VCE chose when none was given
+            asked = fact + (foil or ([goal] if isinstance(goal, int) else list(goal or [])))
+            meta[BANK_KEY] = _bank_record(method, bank_name, asked)
+            meta["note"] = bank_text(meta[BANK_KEY])
+            click.echo(f"  {meta['note']}")
         files = write_question_report(target, np.asarray(classifier.crop(image)), answer, meta,
                                       order=QUESTION_MAPS[explainer])
         click.echo(f"{path}: {question} -> {files['png']}")

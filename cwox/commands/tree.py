@@ -2,7 +2,7 @@
 
 * ``cwox fit-tree DOCS.zarr --out TREES.zarr [--publish]`` fits PEM-HLTA on a
   documents store and saves a new tree version with its provenance.
-* ``cwox tree show|quality|export|import|versions|publish|prune`` work on a tree store;
+* ``cwox tree show|quality|export|import|versions|publish|rollback|prune`` work on a tree store;
   ``show --docs`` prints each cluster's co-occurrence evidence, ``quality`` scores a
   tree on documents (:mod:`cwox.hlta.quality`).
 
@@ -381,38 +381,68 @@ def import_(file, out, class_names, model, fmt, do_publish):
 @tree.command("versions")
 @click.argument("store", type=click.Path())
 def versions(store):
-    """List the versions of a tree store; the published one is marked with '*'."""
-    from cwox.store.trees import list_versions, tree_info
+    """List every version of a tree store; '*' marks the published one, 'DAMAGED' one
+    that does not load whole (exit code 1 when any is damaged)."""
+    from cwox.store.trees import TreeStoreError, list_versions, tree_info, verify_version
 
     try:
-        for vid in list_versions(store):
-            info = tree_info(store, vid)
-            mark = "*" if info["published"] else " "
-            click.echo(f"{mark} {vid}  {info.get('created_at', '?')}  model={info.get('model') or '-'}  "
-                       f"labels={info.get('n_labels')}  loglik={_fmt(info.get('loglik'))}  "
-                       f"bic={_fmt(info.get('bic'))}")
+        vids = list_versions(store)
     except _store_errors() as exc:
         raise CommandError(str(exc)) from exc
+    damaged = 0
+    for vid in vids:  # one damaged version never hides the others
+        try:
+            info = tree_info(store, vid)
+            problem = verify_version(store, vid)
+        except TreeStoreError as exc:
+            info, problem = {"published": False}, str(exc)
+        mark = "*" if info["published"] else " "
+        if problem:
+            damaged += 1
+            click.echo(f"{mark} {vid}  DAMAGED: {problem}")
+            continue
+        click.echo(f"{mark} {vid}  {info.get('created_at', '?')}  model={info.get('model') or '-'}  "
+                   f"labels={info.get('n_labels')}  loglik={_fmt(info.get('loglik'))}  "
+                   f"bic={_fmt(info.get('bic'))}")
+    if damaged:
+        click.echo(f"{damaged} of {len(vids)} version(s) damaged; `cwox tree publish` refuses them", err=True)
+        raise SystemExit(1)
 
 
 @tree.command("publish")
 @click.argument("store", type=click.Path())
 @click.argument("version")
 def publish_(store, version):
-    """Make VERSION the version online readers load (atomic)."""
+    """Make VERSION the version online readers load (atomic), after checking that it
+    loads whole (checksums); a damaged version is refused and nothing changes."""
     from cwox.store.trees import publish
 
     try:
         click.echo(f"published {publish(store, version)} of {store}")
     except _store_errors() as exc:
+        raise CommandError(f"{exc}; nothing was published") from exc
+
+
+@tree.command("rollback")
+@click.argument("store", type=click.Path())
+def rollback_(store):
+    """Publish again the version published before the current one (atomic; repeat to go
+    further back). Versions that no longer load whole are skipped."""
+    from cwox.store.trees import rollback
+
+    try:
+        old, new = rollback(store)
+    except _store_errors() as exc:
         raise CommandError(str(exc)) from exc
+    click.echo(f"rolled back {store} from {old} to {new}")
 
 
 @tree.command("prune")
 @click.argument("store", type=click.Path())
 @click.option("--keep", type=click.IntRange(min=0), required=True, help="How many newest versions to keep.")
 def prune_(store, keep):
-    """Delete old versions, keeping the --keep newest and the published one."""
+    """Delete old versions, keeping the --keep newest, the published one and the one
+    published before it (where `cwox tree rollback` goes)."""
     from cwox.store.trees import prune
 
     try:
@@ -420,3 +450,48 @@ def prune_(store, keep):
     except _store_errors() as exc:
         raise CommandError(str(exc)) from exc
     click.echo(f"removed {len(removed)} version(s){': ' + ', '.join(removed) if removed else ''}")
+
+
+@tree.command("html")
+@click.argument("store", type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The HTML file to write (tree.html).")
+@click.option("--version", "version", default="latest", show_default=True, help="Version to draw.")
+@click.option("--docs", default="auto", show_default=True,
+              help="Documents store for the evidence (co-occurrence, lift): a path, 'none', or 'auto' "
+                   "(the store the tree was fitted on, where it still exists).")
+@click.option("--classes", default=None, help="Comma-separated class names or ids to highlight.")
+def html_(store, out, version, docs, classes):
+    """Write the tree as one self-contained page: search a class, see its cluster and the levels above."""
+    from cwox.online.tree_page import write_tree_page
+
+    t = _load(store, version)
+    X, used = _evidence_documents(t, docs)
+    try:
+        path = write_tree_page(t, out, documents=X, source=os.path.basename(os.path.normpath(store)))
+    except (OSError, ValueError) as exc:  # FileExistsError: a file cwox did not write
+        raise CommandError(str(exc)) from exc
+    shown = f" (evidence from {used})" if used else " (no documents store: no evidence)"
+    click.echo(f"wrote tree {t.graph['meta'].get('version', '?')} of {store} to {path}{shown}")
+    if classes:
+        ids = parse_labels(classes, t.graph["class_names"])
+        click.echo(f"highlighted: {path.resolve().as_uri()}#classes={','.join(map(str, ids))}")
+
+
+def _evidence_documents(t, docs: str):
+    """The documents x labels matrix for the evidence, and the store it came from (or None, None)."""
+    from cwox.store.documents import open_documents
+
+    recorded = (t.graph.get("meta") or {}).get("documents")
+    if docs.lower() == "none" or (docs.lower() == "auto" and not (recorded and os.path.isdir(recorded))):
+        return None, None
+    path = recorded if docs.lower() == "auto" else docs
+    try:
+        d = open_documents(path)
+        if list(d.class_names) != list(t.graph["class_names"]):
+            raise ValueError(f"the documents in {path} have other class names than the tree")
+        return d.label_matrix(), path
+    except (OSError, ValueError) as exc:
+        if docs.lower() == "auto":
+            click.echo(f"warning: no evidence: {exc}", err=True)
+            return None, None
+        raise CommandError(f"--docs {docs}: {exc}") from exc

@@ -95,6 +95,7 @@ from PIL import Image
 
 from cwox.core.batching import batch_slices
 from cwox.core.models import Classifier
+from cwox.core.progress import progress
 
 #: The maps one question yields; ``base_map`` / ``contrast_map`` pick one of them.
 MAP_KINDS = ("positive", "negative", "mixed")
@@ -455,7 +456,7 @@ class CCE(Explainer):
             f_m, q_m, r_m, has_q = fact[sl], foil_lse[sl], rest[sl].float(), has_foil[sl]
             n_rest = r_m.sum(1).clamp_min(1.0)
             delta = deltas[sl]
-            for _ in range(self.iterations):
+            for _ in progress(range(self.iterations), desc="CCE counterfactual steps", unit="step"):
                 delta.requires_grad_(True)
                 with torch.enable_grad():
                     z = module(self._normalize(base + delta)).float()

@@ -49,7 +49,22 @@ Choices where the paper is silent (and where the public code differs):
 
 * The loop never replaces a position twice: after replacing ``s*`` the most
   similar candidate is the one already there, so re-selecting it would stall.
-  A map with every position replaced and no flip counts as a failure.
+  A map with every position replaced and no flip counts as a failure. So on a
+  7x7 layer the loop ends after at most 49 steps, below the paper's limit ("We set
+  the maximum number of iterations t to 100, exceeding this limit indicated
+  failure in counterfactual generation", Sec. 4), which ResNet-50's own 7x7 last
+  layer could not reach either with one replacement per iteration. The public
+  code reaches 100 differently: each of its iterations re-ranks and replaces 20
+  positions, revisiting positions. We keep one replacement per step, as the
+  paper's Eq. 9 reads, and keep 100 as the limit for larger layers (14x14 has 196
+  positions); decided after comparing both (2026-12-01).
+* Eq. 10 and 11 multiply the Shapley map by the normalised ``relu(h^(0) - h*)``
+  (and its reverse), which is non-zero only where ``h*`` differs from ``h^(0)``,
+  i.e. on the replaced cells: so are the invariant and dominant maps, as the
+  paper's formulas say ("we subtract the weighted feature map after
+  counterfactual generation from the original feature map"). The public code's
+  maps differ (Grad-CAM maps weighted by Shapley maps, subtracted, min-max
+  scaled) and are non-zero elsewhere too; we follow the paper.
 * Candidates are the bank's features of the foil's classes; when the bank holds
   no image of the foil, every candidate is used (the class term of ``L_tot``
   still pulls towards the foil) and the report says so.
@@ -97,6 +112,7 @@ from PIL import Image
 
 from cwox.core.batching import batch_slices
 from cwox.core.models import Classifier
+from cwox.core.progress import progress
 from cwox.core.split import ModelSplit, split_at
 
 __all__ = [
@@ -154,7 +170,7 @@ def partition_probabilities(
     b, k = h.shape[0], kernels.shape[0]
     p_h = torch.cat([torch.softmax(rest(h[sl]).float(), -1) for sl in batch_slices(b, batch_size)])
     out = []
-    for sl in batch_slices(b * k, batch_size):
+    for sl in progress(batch_slices(b * k, batch_size), total=b * k, desc="FG-VCE partitions", unit="map"):
         idx = torch.arange(sl.start, sl.stop, device=h.device)
         maps = h[idx // k] * kernels[idx % k].unsqueeze(1)
         out.append(torch.softmax(rest(maps).float(), -1))
@@ -558,7 +574,7 @@ class FGVCE(Explainer):
         for i in done.nonzero().flatten().tolist():
             reports[i].flipped, reports[i].stopped = True, "flipped"
         s_t = s0_src
-        for _step in range(self.max_steps):
+        for _step in progress(range(self.max_steps), desc="FG-VCE replacement steps", unit="step"):
             active = (~done).nonzero().flatten()
             if active.numel() == 0:
                 break

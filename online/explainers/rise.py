@@ -45,6 +45,7 @@ from PIL import Image
 
 from cwox.core.batching import batch_slices
 from cwox.core.models import Classifier
+from cwox.core.progress import progress
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,7 @@ class RISE(Explainer):
         masks = MaskSet(setup, (h, w), self.device)
         member = membership_matrix(targets, self.classifier.n_classes, self.device)  # T x C
         sal = torch.zeros(len(targets), h * w, device=self.device)
-        for sl in batch_slices(len(masks), self.batch_size):
+        for sl in progress(batch_slices(len(masks), self.batch_size), total=len(masks), desc="RISE masks", unit="mask"):
             m = masks.batch(sl)  # B x H x W
             probs = self.classifier.probabilities(x.unsqueeze(0) * m.unsqueeze(1))  # B x C
             scores = probs.float() @ member.T  # B x T: P_t(x * M_i), compound = sum

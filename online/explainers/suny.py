@@ -101,6 +101,7 @@ from PIL import Image
 
 from cwox.core.batching import batch_slices
 from cwox.core.models import Classifier
+from cwox.core.progress import progress
 from cwox.core.split import ModelSplit, split_at
 
 #: Hypothesised cause types of Alg. 1: feature maps as input masks, or filters pruned.
@@ -249,7 +250,7 @@ class _Interventions:
         """Full logits ``len(keys) x n_classes`` of the coalitions, new ones run in batches."""
         missing = sorted({k for k in keys if k not in self.cache}, key=lambda k: (len(k[1]), k))
         bs = self.explainer.batch_size
-        for sl in batch_slices(len(missing), bs):
+        for sl in progress(batch_slices(len(missing), bs), total=len(missing), desc="SUNY interventions", unit="pass"):
             chunk = missing[sl]
             width = max(1, max(len(ids) for _, ids in chunk))
             idx = torch.full((len(chunk), width), -1, dtype=torch.long)

@@ -6,6 +6,7 @@
   :func:`insertion_auc`, :func:`deletion_auc` and the batched :func:`causal_curves`.
 * :func:`class_deviation_score` (CCE Eq. 8), :func:`compact_activation_score` (FG-VCE Eq. 12),
   :func:`saliency_attack_score` (SUNY Sec. 3.4), :func:`energy_pointing_game` (SUNY Sec. 3.5).
+* :func:`class_sensitivity`: Spearman and SSIM between two classes' maps of one photo.
 * :func:`cascading_randomization`: the sanity check by cascading parameter randomisation,
   scored by SSIM (CCE Sec. 4.3).
 
@@ -40,6 +41,7 @@ from .scores import (
     energy_pointing_game,
     saliency_attack_score,
 )
+from .similarity import class_sensitivity, rank_correlation
 
 __all__ = [
     "CCE_STEP",
@@ -55,6 +57,7 @@ __all__ = [
     "causal_curves",
     "cdrop",
     "class_deviation_score",
+    "class_sensitivity",
     "compact_activation_score",
     "contrastive_curve",
     "contrastive_scores",
@@ -64,6 +67,7 @@ __all__ = [
     "map_ssim",
     "n_salient",
     "parameter_layers",
+    "rank_correlation",
     "saliency_attack_score",
     "step_pixels",
 ]

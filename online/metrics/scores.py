@@ -3,7 +3,7 @@
 * :func:`class_deviation_score`: CCE Eq. (8).
 * :func:`compact_activation_score`: FG-VCE Eq. (12).
 * :func:`saliency_attack_score`: SUNY Sec. 3.4 and its appendix (Gaussian noise of variance
-  0.03 on the salient region; flip rate over average attack size).
+  0.03 on the salient region of the image in [0, 1]; flip rate over average attack size).
 * :func:`energy_pointing_game`: the energy-based pointing game of Score-CAM, used by SUNY
   (Sec. 3.5): the share of a map's energy inside the ground-truth boxes.
 """
@@ -54,20 +54,29 @@ def class_deviation_score(
     perturbed: torch.Tensor,
     target: ClassSet,
     batch_size: int | None = None,
+    z: str = "logits",
 ) -> float:
     """Class Deviation Score, CCE Eq. (8): ``(Z_p(x0) - Z_p(xc)) / (1 + E[KL(Z_~p(x0), Z_~p(xc))])``.
 
-    ``Z_p`` is the softmax probability of the target ``p`` (a set: the sum), ``Z_~p`` the
-    distribution over the non-target classes (their probabilities renormalised to sum to 1,
-    i.e. the softmax of the non-target logits), and ``KL(P, Q) = sum P log(P / Q)`` in nats.
+    ``Z_p`` is the target's logit (``z="logits"``, default; a set of classes: the
+    logsumexp of its logits, CWOX Sec. 4.1) or its softmax probability (``z="probabilities"``;
+    a set: the sum). ``Z_~p`` is the distribution over the non-target classes (their
+    probabilities renormalised to sum to 1, i.e. the softmax of the non-target logits:
+    a KL divergence needs distributions), and ``KL(P, Q) = sum P log(P / Q)`` in nats.
     ``perturbed`` holds ``M`` perturbed versions ``x_c`` of ``image`` (``M x C x H x W``, e.g.
     CCE's counterfactuals or Gaussian-noise copies); the expectation ``E`` and the target
     drop are averaged over them. Higher is better: the target drops while the other classes
     keep their relative shares.
 
-    The paper does not say whether ``Z`` holds logits or probabilities; its text speaks of
-    "the probability of the target class" and a KL divergence, so probabilities are used.
+    A doubt, in the paper's words. CCE Sec. 4.2 motivates the score with "logits of
+    non-target classes are changed unexpectedly" and writes ``Z`` in Eq. (8); it then reads
+    the numerator as "the degree of change for the probability of the target class". A
+    probability drop is at most 1, so with a denominator >= 1 the score could never exceed
+    1, yet its Table 1 reports values of 5 to 6 (CCE: 5.178 to 5.959): only logits give
+    those. Logits are therefore the default; ``z="probabilities"`` keeps the other reading.
     """
+    if z not in ("logits", "probabilities"):
+        raise ValueError(f"z must be 'logits' or 'probabilities', got {z!r}")
     if not isinstance(image, torch.Tensor) or image.dim() != 3:
         raise ValueError("image must be one C x H x W tensor")
     perturbed = _check_batch(perturbed, "perturbed")
@@ -85,10 +94,13 @@ def class_deviation_score(
         raise ValueError("target holds every class: no non-target distribution is left")
     is_target = torch.zeros(n_classes, dtype=torch.bool, device=logits.device)
     is_target[list(ids)] = True
-    p_target = torch.softmax(logits, dim=1)[:, is_target].sum(dim=1)
+    if z == "logits":
+        z_target = torch.logsumexp(logits[:, is_target], dim=1)
+    else:
+        z_target = torch.softmax(logits, dim=1)[:, is_target].sum(dim=1)
     log_rest = torch.log_softmax(logits[:, ~is_target], dim=1)
     kl = (log_rest[:1].exp() * (log_rest[:1] - log_rest[1:])).sum(dim=1)
-    drop = p_target[0] - p_target[1:].mean()
+    drop = z_target[0] - z_target[1:].mean()
     return float(drop / (1.0 + kl.mean()))
 
 
@@ -143,20 +155,34 @@ def saliency_attack_score(
     variance: float = 0.03,
     generator: torch.Generator | None = None,
     batch_size: int | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> SaliencyAttack:
     """SUNY's saliency attack score: ``FlipRate / AvgAttackSize`` (SUNY Sec. 3.4, appendix).
 
     Each map is rectified and divided by its maximum (``map in [0, 1]``), then
     ``I' = I + noise * map`` with ``noise ~ N(0, variance)`` per input element (the map is
-    shared by the channels), added to the model's normalised input. ``Flip = 1`` when
-    ``argmax p(I') != argmax p(I)``; ``AttackSize`` is the share of non-zero map pixels.
-    Higher is better: small salient regions whose noising flips the decision.
+    shared by the channels). ``Flip = 1`` when ``argmax p(I') != argmax p(I)``;
+    ``AttackSize`` is the share of non-zero map pixels. Higher is better: small salient
+    regions whose noising flips the decision.
+
+    The noise is added to the image in pixel space, ``[0, 1]``: SUNY's appendix generates
+    "a noise matrix noise of the same size as the original input image I", with
+    ``noise[i, j] ~ N(0, 0.03)`` and ``I' = I + noise (.) map``. A model that takes
+    normalised input (``(I - mean) / std``) gets ``mean``/``std``: the images are mapped
+    back to pixels, attacked, and normalised again, so the noise's variance is 0.03 in
+    pixel units (in normalised units it would be ``0.03 / std^2``, about 19x larger for
+    ImageNet's std). The appendix does not clip ``I'`` to ``[0, 1]``, so neither do we.
 
     Args:
-        images: ``N x C x H x W`` normalised images; heatmaps: ``N x H x W``.
-        variance: noise variance (SUNY: 0.03).
+        images: ``N x C x H x W`` model inputs; heatmaps: ``N x H x W``.
+        variance: noise variance in pixel units (SUNY: 0.03).
         generator: a ``torch.Generator`` on the images' device, for reproducible noise.
+        mean, std: the per-channel normalisation of the model's input (of ``[0, 1]``
+            pixels); None when ``images`` are pixels already.
     """
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std (the input normalisation), or neither")
     images = _check_batch(images)
     maps = torch.as_tensor(
         np.asarray(heatmaps) if not isinstance(heatmaps, torch.Tensor) else heatmaps
@@ -174,7 +200,13 @@ def saliency_attack_score(
     top = maps.flatten(1).max(dim=1).values.clamp(min=torch.finfo(maps.dtype).tiny)
     maps = maps / top[:, None, None]
     noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-    attacked = images + (variance**0.5) * noise * maps[:, None]
+    if mean is None:
+        attacked = images + (variance**0.5) * noise * maps[:, None]
+    else:
+        m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        sd = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+        pixels = images * sd + m
+        attacked = (pixels + (variance**0.5) * noise * maps[:, None] - m) / sd
     bs = resolve_batch_size(batch_size, images.device)
     logits = _batched_logits(model, torch.cat([images, attacked]), bs)
     before, after = logits[: images.shape[0]].argmax(1), logits[images.shape[0] :].argmax(1)
