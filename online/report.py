@@ -43,11 +43,14 @@ import numpy as np
 from cwox.online.diagnostics import Row, diagnostic_notes, diagnostic_tables, diagnostic_warnings
 from cwox.online.explanation import Explanation
 from cwox.online.render import as_rgb_uint8, check_maps, draw_grid, format_prob, panel_letter
+from cwox.store.ownership import check_page_replaceable
 
 JSON_NAME = "explanation.json"
 MAPS_NAME = "maps.npz"
 GRID_NAME = "grid.png"
 INDEX_NAME = "index.html"
+#: In the head of every index cwox writes: an ``index.html`` without it is a user's and is never replaced.
+INDEX_GENERATOR = '<meta name="generator" content="cwox report index">'
 
 #: Bumped when the layout of the report files changes.
 REPORT_FORMAT = 1
@@ -473,6 +476,15 @@ def _section(number: int, entry: IndexEntry, base: Path, tree_href: str | None =
     return "".join(parts)
 
 
+def check_index_replaceable(out_dir: str | Path) -> None:
+    """``FileExistsError`` when ``out_dir/index.html`` exists and is not an index cwox wrote.
+
+    ``cwox explain`` asks before it explains anything, so a user's own ``index.html``
+    (a web folder given as ``--out``) stops the command at once instead of after the work.
+    """
+    check_page_replaceable(Path(out_dir) / INDEX_NAME, INDEX_GENERATOR, "report index")
+
+
 def write_index(
     entries: Iterable[IndexEntry | Mapping[str, Any]],
     out_dir: str | Path,
@@ -495,9 +507,14 @@ def write_index(
 
     Returns:
         the path of ``index.html``.
+
+    Raises:
+        FileExistsError: ``out_dir/index.html`` exists and cwox did not write it
+            (:func:`check_index_replaceable`); nothing is written.
     """
     items = [_coerce(e) for e in entries]
     base = Path(out_dir)
+    check_index_replaceable(base)
     base.mkdir(parents=True, exist_ok=True)
     n_ok = sum(e.ok for e in items)
     n_failed = len(items) - n_ok
@@ -528,7 +545,7 @@ def write_index(
     body.extend(_section(i, e, base, tree_href) for i, e in enumerate(items, 1))
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">{INDEX_GENERATOR}'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
         + "\n".join(body)
         + "\n</body></html>\n"

@@ -29,6 +29,7 @@ import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 from cwox.hlta.tree import cluster_of, root_of
+from cwox.store.ownership import check_page_replaceable
 
 __all__ = ["PAGE_NAME", "cooccurrence_evidence", "tree_page_data", "tree_page_html", "write_tree_page"]
 
@@ -183,9 +184,7 @@ def write_tree_page(
         title: the page title.
     """
     path = Path(out)
-    if path.is_dir() or (path.exists() and not _ours(path)):
-        raise FileExistsError(f"{path} exists and is not a tree page cwox wrote; refusing to replace it "
-                              "(choose another --out)")
+    check_page_replaceable(path, GENERATOR, "tree page")
     data = tree_page_data(tree, documents, source=source)
     meta = data["meta"]
     title = title or f"cwox latent tree {meta.get('version') or ''}".strip()
@@ -194,15 +193,6 @@ def write_tree_page(
     tmp.write_text(tree_page_html(data, title), encoding="utf-8")
     os.replace(tmp, path)
     return path
-
-
-def _ours(path: Path) -> bool:
-    """Whether ``path`` is a page this module wrote (its head carries :data:`GENERATOR`)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return GENERATOR in fh.read(4096)
-    except OSError:
-        return False
 
 
 _CSS = """

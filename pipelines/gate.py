@@ -12,29 +12,26 @@ The new tree is *clearly worse* when even the optimistic end of the ~95% interva
 of the mean ``delta`` lies more than ``tolerance`` nats per document below zero:
 ``mean + 2 * standard error < -tolerance``. A small held-out set never refuses a
 tree on noise; a large one never lets a real loss through. (A negative
-``tolerance`` asks the new tree to be better by that much.) When :mod:`cwox.hlta.quality` is installed its confusion coherence
-(share of co-occurring held-out label pairs that one level-1 cluster holds) is
-compared too: a drop by more than ``coherence_tolerance`` also refuses.
+``tolerance`` asks the new tree to be better by that much.) The confusion coherence of
+:mod:`cwox.hlta.quality` (share of co-occurring held-out label pairs that one level-1
+cluster holds) is compared too: a drop by more than ``coherence_tolerance`` also refuses.
 
 The published tree may have been fitted on documents that include today's held-out
 photos; that favours the incumbent, so the gate errs on the side of keeping it.
 
-The held-out photos are chosen by a hash of each photo's path (:func:`split_by_photo`),
+The held-out photos are chosen by a hash of each photo's path
+(:func:`cwox.hlta.quality.split_by_photo`),
 so a photo held out tonight was held out every night with the same fraction and seed:
 neither tree was fitted on it. When the published tree records another split rule or
 fraction, the summary says that the comparison may favour it.
 
-Seam: the extra tree-quality measures come from :func:`heldout_functions`, which takes
-:mod:`cwox.hlta.quality` when it is there (``tree_quality``); the per-document
-likelihood is the small function below, over the exact likelihood of
+The per-document likelihood is :func:`per_document_loglik`, over the exact likelihood of
 :mod:`cwox.hlta.inference`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,53 +40,14 @@ import numpy as np
 import scipy.sparse as sp
 from cwox.hlta.data import as_binary_csr, unique_rows
 from cwox.hlta.inference import compile_tree, tree_log_likelihood
+from cwox.hlta.quality import SPLIT_RULE, split_by_photo, tree_quality
 
-__all__ = ["GateResult", "heldout_functions", "per_document_loglik", "quality_gate", "split_by_photo"]
+__all__ = ["GateResult", "SPLIT_RULE", "per_document_loglik", "quality_gate", "split_by_photo"]
 
 #: Default: how many nats per held-out document worse the new tree may be.
 DEFAULT_TOLERANCE = 0.1
 #: Default: how much lower its confusion coherence may be (when measured).
 DEFAULT_COHERENCE_TOLERANCE = 0.05
-
-
-def split_by_photo(photos: Sequence[str], test_fraction: float = 0.2, random_state: int = 0) -> np.ndarray:
-    """Boolean mask of held-out rows: each photo is held out by a hash of its path.
-
-    A photo is held out when ``sha256(f"{random_state}:{path}")`` read as a fraction is
-    below ``test_fraction``: the decision depends on that photo alone, never on which
-    other photos are in tonight's set. A permutation of tonight's photos would move
-    photos the published tree was fitted on into the held-out side whenever photos are
-    added, and that tree would then score documents it has seen: measured on 273 photos,
-    such a split favoured the published tree by 6.4 nats per document
-    (benchmarks/RESULTS.md, "Nightly job"). Every view of a photo is on the same side;
-    at least one photo is held out and one kept when there are two or more.
-    """
-    uniq, inv = np.unique(np.asarray([str(p) for p in photos], dtype=str), return_inverse=True)
-    if len(uniq) < 2:
-        raise ValueError("a held-out split by photo needs documents of at least two photos")
-    score = np.array([int.from_bytes(hashlib.sha256(f"{random_state}:{p}".encode()).digest()[:8], "big")
-                      for p in uniq.tolist()]) / 2.0**64
-    held = score < test_fraction
-    if not held.any():
-        held[np.argmin(score)] = True
-    if held.all():
-        held[np.argmax(score)] = False
-    return held[inv.ravel()]
-
-
-#: Recorded with every version the nightly job fits, so that a later gate knows whether
-#: the published tree was held out from the same photos.
-SPLIT_RULE = "sha256(seed:path) < fraction"
-
-
-def heldout_functions() -> Callable[..., Any] | None:
-    """``tree_quality`` of the tree-quality package when it is installed (the one place
-    to switch), else None. The split stays :func:`split_by_photo` (stable per photo)."""
-    try:
-        from cwox.hlta import quality
-    except ImportError:
-        return None
-    return getattr(quality, "tree_quality", None)
 
 
 def per_document_loglik(tree: nx.DiGraph, X: sp.csr_matrix) -> np.ndarray:
@@ -165,14 +123,12 @@ def quality_gate(
             f"tree's {result.published_loglik:.4f} (mean difference {mean:+.4f} +- {se:.4f} over {n} "
             f"documents; the gate allows {tolerance:g} below)"
         )
-    tree_quality = heldout_functions()
-    if tree_quality is not None:
-        q_new, q_pub = tree_quality(new, X_heldout), tree_quality(published, X_heldout)
-        result.quality = {"new": asdict(q_new), "published": asdict(q_pub)}
-        drop = q_pub.coherence - q_new.coherence
-        if drop > coherence_tolerance:
-            problems.append(f"confusion coherence {q_new.coherence:.3f} against {q_pub.coherence:.3f} "
-                            f"(the gate allows a drop of {coherence_tolerance:g})")
+    q_new, q_pub = tree_quality(new, X_heldout), tree_quality(published, X_heldout)
+    result.quality = {"new": asdict(q_new), "published": asdict(q_pub)}
+    drop = q_pub.coherence - q_new.coherence
+    if drop > coherence_tolerance:
+        problems.append(f"confusion coherence {q_new.coherence:.3f} against {q_pub.coherence:.3f} "
+                        f"(the gate allows a drop of {coherence_tolerance:g})")
     if problems:
         result.passed = False
         result.reason = "the new tree is clearly worse: " + "; ".join(problems)

@@ -157,3 +157,24 @@ def remove_store(path: str | os.PathLike, kind: str, *, option: str = "--out") -
     fsync_dir(p.parent)
     remove_tree(trash)
     return True
+
+
+def check_page_replaceable(path: str | os.PathLike, marker: str, what: str) -> None:
+    """Refuse (``FileExistsError``) to replace ``path`` unless it is a file cwox wrote.
+
+    cwox's HTML pages carry ``marker`` (a ``<meta name="generator">`` tag) in their head;
+    a folder, or a file without it (a user's own ``index.html``), is never replaced.
+    ``what`` names the page in the message (``"report index"``, ``"tree page"``).
+    """
+    p = Path(path)
+    if p.is_dir() or (p.exists() and not _carries(p, marker)):
+        raise FileExistsError(f"{p} exists and is not a {what} cwox wrote; refusing to replace it "
+                              "(choose another --out)")
+
+
+def _carries(path: Path, marker: str) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return marker in fh.read(4096)
+    except OSError:
+        return False

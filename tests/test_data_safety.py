@@ -173,6 +173,20 @@ def test_explain_a_photo_named_dots_writes_inside_out(photo_dir, tmp_path):
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["out"]  # nothing beside out
     grids = list(out.rglob("grid.png"))
     assert len(grids) == 1 and grids[0].parent.parent == out
+    # A second run into the same --out replaces cwox's own index; a user's index.html is
+    # never replaced, and the refusal comes before any image is explained.
+    again = CliRunner().invoke(main, ["explain", str(src / "...png"), "--out", str(out), "--device", "cpu",
+                                      "--tree", "none", "--top-k", "2"])
+    assert again.exit_code == 0, again.output
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<html>my home page</html>")
+    res = CliRunner().invoke(main, ["explain", str(src / "...png"), "--out", str(site), "--device", "cpu",
+                                    "--tree", "none", "--top-k", "2"])
+    assert res.exit_code == 2, res.output
+    assert "not a report index cwox wrote" in res.output and "--overwrite" not in res.output
+    assert (site / "index.html").read_text() == "<html>my home page</html>"
+    assert sorted(p.name for p in site.iterdir()) == ["index.html"]  # nothing explained into it
 
 
 def test_evaluate_refuses_a_user_folder_before_any_work(victim, photo_dir):

@@ -45,7 +45,7 @@ def fitted():
 def test_held_out_photos_stay_held_out_when_photos_are_added():
     """A photo's side depends on that photo only: the published tree, fitted on last
     night's training photos, never scores a document it has seen."""
-    from cwox.pipelines.gate import split_by_photo
+    from cwox.hlta.quality import split_by_photo
 
     night1 = [f"/photos/{i:04d}.jpg" for i in range(300)]
     night2 = night1 + [f"/photos/new{i:04d}.jpg" for i in range(200)]

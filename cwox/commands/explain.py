@@ -165,9 +165,13 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
     from tqdm import tqdm
 
     from cwox.online.explainers.fgvce import BANK_KEY, FGVCE_KEY
-    from cwox.online.report import IndexEntry, write_index, write_report
+    from cwox.online.report import IndexEntry, check_index_replaceable, write_index, write_report
 
     out = Path(out_dir)
+    try:  # a user's own index.html in --out: stop now, not after explaining every image
+        check_index_replaceable(out)
+    except FileExistsError as exc:
+        raise CommandError(str(exc)) from exc
     used: set[str] = set()
     entries = []
     failed = 0
