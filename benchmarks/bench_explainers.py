@@ -74,9 +74,10 @@ def run_one(
     name: str, role: str, params: dict[str, Any], device: str, batch_size: int | None, repeats: int
 ) -> dict[str, Any]:
     """Time one explainer in one role (called in a child process); returns the figures as a dict."""
-    from cwox.online.diagnostics import FGVCE_KEY, question_text
+    from cwox.online.diagnostics import question_text
     from cwox.online.engine import Engine
     from cwox.online.explainers import get_explainer
+    from cwox.online.explainers.fgvce import FGVCE_KEY
     from cwox.online.targets import cut_clusters, plan_targets, top_k
     from cwox.pipelines.photos import photo_crop_bank
     from skimage import data

@@ -5,7 +5,7 @@ documents (CWOX Section 3); :mod:`cwox.hlta.tree` holds the tree contract shared
 ``store`` and ``online``.
 """
 
-from .estimator import HLTA
+from .estimator import BIC_BATCH, HLTA
 from .tree import (
     bic,
     cluster_of,
@@ -18,6 +18,7 @@ from .tree import (
 )
 
 __all__ = [
+    "BIC_BATCH",
     "HLTA",
     "bic",
     "cluster_of",

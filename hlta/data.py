@@ -12,7 +12,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["as_binary_csr", "unique_rows", "pairwise_mutual_information", "entropy_terms"]
+__all__ = [
+    "as_binary_csr", "unique_rows", "pairwise_mutual_information", "normalized_mutual_information",
+    "entropy_terms",
+]
 
 
 def as_binary_csr(X, n_labels: int | None = None, name: str = "X") -> sp.csr_matrix:
@@ -148,3 +151,19 @@ def pairwise_mutual_information(X: sp.csr_matrix, weights: np.ndarray | None = N
     mi = np.maximum(mi, 0.0)
     np.fill_diagonal(mi, 0.0)
     return mi
+
+
+def normalized_mutual_information(mi: np.ndarray, X: sp.csr_matrix, weights: np.ndarray | None = None) -> np.ndarray:
+    """``MI(A;B) / sqrt(H(A) H(B))`` for every pair of binary columns (0 where an entropy is 0).
+
+    MI grows with the labels' frequencies: a frequent label of a neighbouring group
+    can have more MI with an island's members than the island's own rarer labels,
+    although the rare ones occur almost only with the island. Dividing by the
+    geometric mean of the two entropies compares dependence on one scale.
+    """
+    X = sp.csr_matrix(X)
+    w = np.ones(X.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)
+    p1 = np.asarray(X.T @ w).ravel() / float(w.sum())
+    h = -(entropy_terms(p1) + entropy_terms(1.0 - p1))
+    denom = np.sqrt(h[:, None] * h[None, :])
+    return np.divide(mi, denom, out=np.zeros_like(mi), where=denom > 0)

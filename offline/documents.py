@@ -27,8 +27,10 @@ import zarr
 from cwox.offline.worker import ChunkTask, ModelSpec, model_info, process_chunk
 from cwox.store.documents import (
     FORMAT,
+    StoreMismatch,
     check_same_run,
     create_documents,
+    input_change,
     inputs_digest,
     open_documents,
 )
@@ -61,6 +63,9 @@ class DocumentsSummary:
     failed_images: list[tuple[str, str]] = field(default_factory=list)
     failed_chunks: list[tuple[int, str]] = field(default_factory=list)
     documents_run: int = 0
+    #: images an earlier run could not use, tried again by this one, and how many now worked
+    retried_images: int = 0
+    fixed_images: int = 0
 
     @property
     def ok(self) -> bool:
@@ -80,6 +85,9 @@ class DocumentsSummary:
             f"{self.chunks_total} in all",
             f"time       {self.seconds:.1f} s  ({self.rate:.1f} documents/s)",
         ]
+        if self.retried_images:
+            out.append(f"retried    {self.retried_images} image(s) that had failed before: "
+                       f"{self.fixed_images} fixed, {self.retried_images - self.fixed_images} still failing")
         if self.failed_images:
             out.append(f"failed     {len(self.failed_images)} image(s):")
             out += [f"  {p}: {r}" for p, r in self.failed_images]
@@ -184,7 +192,10 @@ def build_documents(
             settings the run resumes; with other settings it is refused unless
             ``overwrite``.
         model, weights, device: the classifier (see :func:`cwox.core.models.load_model`).
-        rule: the K rule (default: top 5).
+        rule: the K rule (default: top 5). It is recorded in the store (``rule``),
+            with its ``min_k`` (rows with fewer labels are kept in the store but left
+            out of :meth:`~cwox.store.documents.Documents.label_matrix`); a resume with
+            another rule is refused, naming what changed.
         batch_size: images per forward pass (default: per device).
         workers: LocalCluster worker processes (ignored with ``scheduler``/``client``).
         scheduler: address of an existing Dask scheduler, e.g. ``tcp://10.0.0.5:8786``.
@@ -225,6 +236,12 @@ def build_documents(
     if overwrite:
         existing = None  # replaced below by create_documents, which checks again
     if existing is not None:
+        change = input_change(existing, paths)
+        if change:
+            raise StoreMismatch(
+                f"the inputs differ from those {out} was made for: {change}; give the same inputs "
+                "to resume it, or another --out (or --overwrite to start it again) for the new set"
+            )
         check_same_run(existing, expected)
 
     with _maybe_client(client, scheduler, workers) as cl:
@@ -234,15 +251,21 @@ def build_documents(
             g = existing
         else:
             attrs = {**expected, "class_names": info["class_names"], "cwox_version": __version__}
-            g = create_documents(out, paths, views=views, width=rule.width, chunk_size=chunk, attrs=attrs)
+            width = rule.width_for(len(info["class_names"]))
+            g = create_documents(out, paths, views=views, width=width, chunk_size=chunk, attrs=attrs)
         done = g["done"][:]
         todo = [int(c) for c in np.flatnonzero(~done)]
         tasks = [ChunkTask(out, c, spec, rule, batch_size, seed, max_pixels) for c in todo]
+        retry = _failed_rows(g, done)  # rows of done chunks that failed: tried again, alone
+        retried = {str(p) for p in g["path"].get_coordinate_selection(np.concatenate(
+            [np.asarray(r) for r in retry.values()])).tolist()} if retry else set()
+        tasks += [ChunkTask(out, c, spec, rule, batch_size, seed, max_pixels, rows=rows)
+                  for c, rows in retry.items()]
         failed_chunks: list[tuple[int, str]] = []
         rows_done = 0
         size = int(g.attrs["chunk_size"])
         with tqdm(
-            total=sum(min(size, n_docs - c * size) for c in todo),
+            total=sum(min(size, n_docs - c * size) for c in todo) + sum(len(r) for r in retry.values()),
             unit="doc",
             desc="documents",
             disable=not progress,
@@ -257,22 +280,41 @@ def build_documents(
                     rows_done += res.rows
                     bar.update(res.rows)
                 except Exception as exc:  # noqa: BLE001 - report, keep the other chunks
-                    c = tasks[futures.index(fut)].chunk
-                    failed_chunks.append((c, f"{type(exc).__name__}: {exc}"))
-                    bar.update(min(size, n_docs - c * size))
+                    task = tasks[futures.index(fut)]
+                    failed_chunks.append((task.chunk, f"{type(exc).__name__}: {exc}"))
+                    bar.update(len(task.rows) if task.rows is not None else min(size, n_docs - task.chunk * size))
     docs = open_documents(out)
+    failures = docs.failures()
+    still = {p for p, _ in failures}
     return DocumentsSummary(
         store=out,
         n_images=len(paths),
         n_documents=n_docs,
         chunks_total=len(done),
-        chunks_run=len(todo) - len(failed_chunks),
+        chunks_run=len(todo) - sum(1 for c, _ in failed_chunks if c in todo),
         chunks_skipped=int(done.sum()),
         seconds=time.perf_counter() - t0,
-        failed_images=docs.failures(),
+        failed_images=failures,
         failed_chunks=sorted(failed_chunks),
         documents_run=rows_done,
+        retried_images=len(retried),
+        fixed_images=len(retried - still),
     )
+
+
+def _failed_rows(g: zarr.Group, done: np.ndarray) -> dict[int, tuple[int, ...]]:
+    """``{chunk: rows}`` of the rows an earlier run could not use, in chunks it finished.
+
+    A rerun tries them again (the user may have fixed the file) and only them; rows
+    of chunks not yet done are computed with their chunk anyway."""
+    size = int(g.attrs["chunk_size"])
+    bad = np.flatnonzero(g["error"][:] != "")
+    out: dict[int, list[int]] = {}
+    for row in bad.tolist():
+        chunk = row // size
+        if done[chunk]:
+            out.setdefault(chunk, []).append(row)
+    return {c: tuple(rows) for c, rows in out.items()}
 
 
 @contextmanager

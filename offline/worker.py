@@ -40,6 +40,9 @@ class ChunkTask:
     batch_size: int | None
     seed: int
     max_pixels: int = DEFAULT_MAX_PIXELS
+    #: Retry only these rows (absolute indices, inside the chunk) of a chunk already done:
+    #: the rows an earlier run could not use. None: the whole chunk.
+    rows: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -63,34 +66,75 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
     size = int(g.attrs["chunk_size"])
     n = int(g["k"].shape[0])
     start, stop = task.chunk * size, min((task.chunk + 1) * size, n)
+    if task.rows is not None:
+        return _retry_rows(g, task)
     paths = g["path"][start:stop]
     views = g["view"][start:stop]
     clf = worker_model(task.model)
 
     t0 = time.perf_counter()
-    errors = [""] * (stop - start)
+    labels, probs, ks, errors = _classify(clf, task, paths.tolist(), views.tolist(), start, int(g.attrs["width"]))
+    t2 = time.perf_counter()
+
+    g["labels"][start:stop] = labels
+    g["probs"][start:stop] = probs
+    g["k"][start:stop] = ks
+    g["error"][start:stop] = np.asarray(errors, dtype=str)
+    g["done"][task.chunk] = True  # last: the chunk counts only once all rows are written
+    return ChunkResult(task.chunk, stop - start, _failures(paths.tolist(), errors), 0.0, t2 - t0)
+
+
+def _retry_rows(g: zarr.Group, task: ChunkTask) -> ChunkResult:
+    """Classify again the rows ``task.rows`` of a done chunk (they had failed) and write
+    them, and only them; the chunk's other rows are not read or changed."""
+    t0 = time.perf_counter()
+    idx = np.asarray(task.rows, dtype=np.int64)
+    paths = g["path"].get_coordinate_selection(idx).tolist()
+    views = g["view"].get_coordinate_selection(idx).tolist()
+    labels, probs, ks, errors = _classify(worker_model(task.model), task, paths, views, idx.tolist(),
+                                          int(g.attrs["width"]))
+    g["labels"].set_orthogonal_selection((idx, slice(None)), labels)
+    g["probs"].set_orthogonal_selection((idx, slice(None)), probs)
+    g["k"].set_coordinate_selection(idx, ks)
+    g["error"].set_coordinate_selection(idx, np.asarray(errors, dtype=str))
+    return ChunkResult(task.chunk, len(idx), _failures(paths, errors), 0.0, time.perf_counter() - t0)
+
+
+def _failures(paths: list[str], errors: list[str]) -> list[tuple[str, str]]:
+    failures, seen = [], set()
+    for path, err in zip(paths, errors):
+        if err and path not in seen:
+            seen.add(path)
+            failures.append((path, err))
+    return failures
+
+
+def _classify(clf: Classifier, task: ChunkTask, paths: list[str], views: list[int], rows, width: int) -> tuple:
+    """Top-K labels, probabilities, K and error of each (path, view); ``rows`` are the
+    store rows (an int: the first of consecutive rows), which seed the augmented views."""
+    n = len(paths)
+    row_of = (lambda j: rows + j) if isinstance(rows, int) else (lambda j: rows[j])
+    errors = [""] * n
     tensors: list[torch.Tensor] = []
     ok_rows: list[int] = []
     last_path, last_image = None, None
-    for j, (path, view) in enumerate(zip(paths.tolist(), views.tolist())):
+    for j, (path, view) in enumerate(zip(paths, views)):
         try:
             if path != last_path:
                 last_path, last_image = path, None
                 last_image = load_image(path, max_pixels=task.max_pixels)
             if last_image is None:
                 raise ImageError(path, errors[j - 1] if j else "unreadable")
-            tensors.append(_view_tensor(clf, last_image, int(view), task.seed, start + j))
+            tensors.append(_view_tensor(clf, last_image, int(view), task.seed, row_of(j)))
             ok_rows.append(j)
         except ImageError as exc:
             errors[j] = exc.reason
         except Exception as exc:  # noqa: BLE001 - one odd file must not sink the chunk
             errors[j] = f"unexpected error: {type(exc).__name__}: {exc}"
-    t1 = time.perf_counter()
 
-    width = int(g.attrs["width"])
-    labels = np.full((stop - start, width), -1, dtype=np.int32)
-    probs = np.zeros((stop - start, width), dtype=np.float32)
-    ks = np.zeros(stop - start, dtype=np.int16)
+    labels = np.full((n, width), -1, dtype=np.int32)
+    probs = np.zeros((n, width), dtype=np.float32)
+    ks = np.zeros(n, dtype=np.int16)
     if tensors:
         batch = torch.stack(tensors)
         bs = task.batch_size or default_batch_size(clf.device)
@@ -100,18 +144,4 @@ def process_chunk(task: ChunkTask) -> ChunkResult:
         labels[idx] = lab.cpu().numpy()
         probs[idx] = top_p.cpu().numpy()
         ks[idx] = k.cpu().numpy()
-    t2 = time.perf_counter()
-
-    g["labels"][start:stop] = labels
-    g["probs"][start:stop] = probs
-    g["k"][start:stop] = ks
-    g["error"][start:stop] = np.asarray(errors, dtype=str)
-    g["done"][task.chunk] = True  # last: the chunk counts only once all rows are written
-
-    failures = []
-    seen = set()
-    for path, err in zip(paths.tolist(), errors):
-        if err and path not in seen:
-            seen.add(path)
-            failures.append((path, err))
-    return ChunkResult(task.chunk, stop - start, failures, t1 - t0, t2 - t1)
+    return labels, probs, ks, errors

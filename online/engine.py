@@ -10,7 +10,7 @@ Algorithm 1 of the CWOX paper, online phase:
    (:func:`cwox.online.targets.source_clusters`);
 3. collect EVERY target all stages of the mode need (clusters, their
    complements, classes, their in-cluster rests: :func:`cwox.online.targets.plan_targets`)
-   and ask the explainer for all of them at once (:meth:`ExplainSession.explain_stages`:
+   and ask the explainer for all of them at once (:meth:`ExplainSession.base_role`:
    Grad-CAM reuses the top-K forward for both layers and batches its backward
    passes, RISE runs one set of masked passes);
 4. compose the maps with the mode's formula (Eq. 1 and 2 for CWOX-2s,
@@ -19,9 +19,10 @@ Algorithm 1 of the CWOX paper, online phase:
    the pairs are not drawn at all, only those the formula still reads
    (:meth:`cwox.online.targets.TargetPlan.base_targets`: a class alone in its
    cluster, a lone cluster); the composed maps are the same;
-5. gather what the explainer recorded beside its maps (FG-VCE's and CCE's
-   counterfactual reports, :mod:`cwox.online.diagnostics`) into
-   ``Explanation.diagnostics``.
+5. gather what each explainer call gave back beside its maps (its
+   :class:`cwox.online.explainers.Answer`: FG-VCE's and CCE's counterfactual
+   records, :mod:`cwox.online.diagnostics`, into ``Explanation.diagnostics``;
+   SUNY's necessity and sufficiency maps into ``Explanation.extra_maps``).
 
 Everything runs on ``classifier.device``; the result is an
 :class:`cwox.online.explanation.Explanation` with per-phase timings.
@@ -159,11 +160,7 @@ class Engine:
         if self.explainer.classifier is not classifier:
             raise ValueError("the explainer is bound to another classifier")
         if role == "contrast" and not self.explainer.supports_contrast:
-            raise ValueError(
-                f"explainer {self.explainer.name!r} has no native contrast role"
-                + (" without a reference bank" if self.explainer.name == "fgvce" else "")
-                + "; use --role base"
-            )
+            raise ValueError(f"{self.explainer.no_contrast_message()}; use --role base")
         self.role = "contrast" if role == "auto" and self.explainer.supports_contrast else (
             "base" if role == "auto" else role)
         self.support = float(self.explainer.default_support if support is None else support)
@@ -277,20 +274,23 @@ class Engine:
                     have = needed.setdefault(stage, [])
                     have.extend(t for t in targets if t not in have)
             needed = {s: t for s, t in needed.items() if t}
-            # Each explainer call leaves its own records (counterfactual reports) in
-            # last_diagnostics: gather them after every call, in call order.
+            # Each call answers with its maps, extra maps and records (counterfactual
+            # reports): gather the last two in call order.
+            base = session.base_role(needed)
+            drawn = base.maps
             shared: dict[str, list[dict[str, Any]]] = {}
-            self.explainer.last_diagnostics = {}  # nothing left over from earlier calls
-            drawn = session.explain_stages(needed)
-            merge_diagnostics(shared, self.explainer.last_diagnostics)
+            merge_diagnostics(shared, base.diagnostics)
+            extra_maps = dict(base.extra_maps)
             diagnostics = {m: {k: list(v) for k, v in shared.items()} for m in modes}
             contrasts: dict[str, dict[str, torch.Tensor] | None] = dict.fromkeys(modes)
             if self.role == "contrast":
                 for m, plan in plans.items():
                     contrasts[m] = {}
                     for stage, pairs in plan.contrast_pairs().items():
-                        contrasts[m][stage] = session.contrast(pairs, stage=stage)
-                        merge_diagnostics(diagnostics[m], self.explainer.last_diagnostics)
+                        answer = session.contrast_role(pairs, stage=stage)
+                        contrasts[m][stage] = answer.maps[stage]
+                        merge_diagnostics(diagnostics[m], answer.diagnostics)
+                        extra_maps.update(answer.extra_maps)
             lap("maps")
 
         size = tuple(x.shape[-2:])
@@ -307,10 +307,7 @@ class Engine:
         lap("compose")
         timings["total"] = time.perf_counter() - start
 
-        extra = {
-            name: m.detach().float().cpu().numpy()
-            for name, m in (getattr(self.explainer, "last_extra_maps", None) or {}).items()
-        }
+        extra = {name: m.detach().float().cpu().numpy() for name, m in extra_maps.items()}
         out: dict[str, Explanation] = {}
         for m, plan in plans.items():
             settings = {**self.settings(), "mode": m}

@@ -513,7 +513,7 @@ def evaluate_images(
             ``"hlta"``); default ``tree``.
         client: a :class:`distributed.Client`: one task per image, the model loaded once
             per worker from ``model_spec`` (an :class:`cwox.offline.worker.ModelSpec`).
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar (on a terminal only).
 
     Returns:
         rows (dicts with :data:`ROW_FIELDS`) in image order; a bad image gives one row
@@ -526,7 +526,7 @@ def evaluate_images(
     paths = [str(p) for p in images]
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(paths), desc="evaluate", unit="image", disable=not progress)
+    bar = tqdm(total=len(paths), desc="evaluate", unit="image", disable=None if progress else True)
     per_image: list[list[dict[str, Any]]] = [[] for _ in paths]
     try:
         if client is None:

@@ -83,7 +83,8 @@ class Explanation:
     def warnings(self) -> list[str]:
         """Sentences a user must read before trusting the maps, e.g. counterfactuals that failed.
 
-        Built from :attr:`diagnostics` (:func:`cwox.online.diagnostics.diagnostic_warnings`);
+        Built from :attr:`diagnostics` (:func:`cwox.online.diagnostics.diagnostic_warnings`:
+        the kinds of records the explainer declared, registered when it was imported);
         class names come from the records, else from the top classes, else the id.
         Empty when nothing needs saying (always, for explainers without diagnostics).
         """

@@ -1,10 +1,12 @@
 """A direct contrastive question, "why P (rather than Q)?", answered by one explainer.
 
-CCE answers with positive/negative maps (and, given a second image, the O-contrast
-of its Sec. 3), SUNY with sufficiency/necessity maps, FG-VCE with invariant/dominant
-maps plus its replacement report. :func:`answer_question` resolves class names or
-ids, asks the explainer's ``why`` and :func:`write_question_report` writes
-``why.png`` (one overlay per map), ``why.npz`` and ``why.json``.
+Each explainer declares whether it answers and with which maps
+(``Explainer.question_maps``; ``other_image`` for a second image): CCE answers with
+positive/negative maps (and, given a second image, the O-contrast of its Sec. 3),
+SUNY with sufficiency/necessity maps, FG-VCE with invariant/dominant maps plus its
+replacement report. :func:`answer_question` resolves class names or ids, asks the
+explainer's ``why`` and :func:`write_question_report` writes ``why.png`` (one
+overlay per map), ``why.npz`` and ``why.json``.
 """
 
 from __future__ import annotations
@@ -21,9 +23,13 @@ from PIL import Image
 
 from cwox.core.models import Classifier
 
-#: The explainers with a native ``why`` and the maps each one's answer is known by.
-QUESTION_MAPS = {"cce": ("positive", "negative"), "suny": ("sufficiency", "necessity"),
-                 "fgvce": ("invariant", "dominant")}
+
+def question_explainers(feature: str = "question_maps") -> list[str]:
+    """Names of the registered explainers that answer direct questions (``feature``:
+    ``"question_maps"``), or that take a second image (``"other_image"``)."""
+    from cwox.online.explainers import available_explainers, explainer_class
+
+    return [n for n in available_explainers() if getattr(explainer_class(n), feature)]
 
 
 def resolve_classes(spec: str | Sequence[str], class_names: Sequence[str]) -> list[int]:
@@ -58,8 +64,10 @@ def answer_question(
     q = None if foil is None else (foil[0] if len(foil) == 1 else frozenset(foil))
     x = classifier.preprocess(image)
     if other is not None:
-        if explainer.name != "cce":
-            raise ValueError("--other (the O-contrast of two images) is CCE's question; use --explainer cce")
+        if not explainer.other_image:
+            names = ", ".join(question_explainers("other_image"))
+            raise ValueError(f"--other (the O-contrast of two images) is not a question {explainer.name} answers; "
+                             f"use --explainer {names}")
         answer = explainer.why(x, p, q, other=classifier.preprocess(other))
     else:
         answer = explainer.why(x, p, q)
@@ -98,6 +106,8 @@ def write_question_report(
         ax.set_title(f"{name}" + (f"\n{scaled.note}" if scaled.note else ""), fontsize=9)
         ax.axis("off")
     fig.suptitle(meta.get("question", ""), fontsize=10)
+    if meta.get("note"):  # e.g. the reference bank's limits
+        fig.text(0.5, 0.01, meta["note"], ha="center", va="bottom", fontsize=7, wrap=True)
     paths = {"png": out / "why.png", "npz": out / "why.npz", "json": out / "why.json"}
     fig.savefig(paths["png"])
     np.savez_compressed(paths["npz"], image=image, **{k: v.astype(np.float32) for k, v in maps.items()})

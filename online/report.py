@@ -40,14 +40,17 @@ from typing import IO, Any
 from urllib.parse import quote
 
 import numpy as np
-from cwox.online.diagnostics import CCE_KEY, FGVCE_KEY, diagnostic_warnings, question_text
+from cwox.online.diagnostics import Row, diagnostic_notes, diagnostic_tables, diagnostic_warnings
 from cwox.online.explanation import Explanation
 from cwox.online.render import as_rgb_uint8, check_maps, draw_grid, format_prob, panel_letter
+from cwox.store.ownership import check_page_replaceable
 
 JSON_NAME = "explanation.json"
 MAPS_NAME = "maps.npz"
 GRID_NAME = "grid.png"
 INDEX_NAME = "index.html"
+#: In the head of every index cwox writes: an ``index.html`` without it is a user's and is never replaced.
+INDEX_GENERATOR = '<meta name="generator" content="cwox report index">'
 
 #: Bumped when the layout of the report files changes.
 REPORT_FORMAT = 1
@@ -399,15 +402,7 @@ def _top_table(entry: IndexEntry) -> str:
     return '<table class="top">' + "".join(rows) + "</table>"
 
 
-def _yes_no(flag: Any) -> str:
-    return "yes" if flag else "no"
-
-
-#: One table row: whether the row is marked bad, and its cells as (text, marked bad).
-_Row = tuple[bool, list[tuple[str, bool]]]
-
-
-def _table(caption: str, head: tuple[str, ...], rows: list[_Row]) -> str:
+def _table(caption: str, head: tuple[str, ...], rows: list[Row]) -> str:
     """A small ``table.top.diag`` with a caption; text escaped, bad rows and cells of class ``bad``."""
     bad = ' class="bad"'
     header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
@@ -420,72 +415,31 @@ def _table(caption: str, head: tuple[str, ...], rows: list[_Row]) -> str:
     return f'<table class="top diag"><caption>{html.escape(caption)}</caption><tr>{header}</tr>{body}</table>'
 
 
-def _fgvce_rows(records: list[Mapping[str, Any]], names: Mapping[str, str]) -> list[_Row]:
-    """One row per FG-VCE pair: question, stage, steps, flipped, stopped, pool; failures marked."""
-    return [
-        (
-            not r.get("flipped"),
-            [
-                (question_text(r, names), False),
-                (str(r.get("stage")), False),
-                (f"{r.get('steps')} / {r.get('max_steps')}", False),
-                (_yes_no(r.get("flipped")), not r.get("flipped")),
-                (str(r.get("stopped")), False),
-                (str(r.get("pool")), r.get("pool") == "all"),
-            ],
-        )
-        for r in records
-    ]
-
-
-def _cce_rows(records: list[Mapping[str, Any]], names: Mapping[str, str]) -> list[_Row]:
-    """One row per CCE question: the largest L2 norm against epsilon, top-class changes, foils reached."""
-    rows: list[_Row] = []
-    for r in records:
-        l2 = [float(v) for v in r.get("l2") or [] if v is not None]
-        n = len(r.get("l2") or [])
-        reached = r.get("reached_foil")
-        missed = reached is not None and int(reached) == 0
-        rows.append((
-            missed,
-            [
-                (question_text(r, names), False),
-                (str(r.get("stage")), False),
-                (f"{max(l2, default=float('nan')):.3g} / {float(r.get('epsilon') or float('nan')):g}", False),
-                (f"{r.get('changed_top1')} of {n}", False),
-                ("-" if reached is None else f"{reached} of {n}", missed),
-            ],
-        ))
-    return rows
-
-
 def _diagnostics_html(entry: IndexEntry) -> str:
-    """The warnings and a table per kind of counterfactual record; ``""`` without records.
+    """The notes, the warnings and a table per kind of record (declared by the explainer
+    that wrote it, :class:`cwox.online.diagnostics.RecordKind`); ``""`` without records."""
+    from cwox.online.explainers import known_explainer
 
-    FG-VCE: a row per contrast pair, a loop that did not flip a ``bad`` row and a
-    pool of every class a ``bad`` cell. CCE: a row per question, a contrast none
-    of whose counterfactuals reached the foil a ``bad`` row.
-    """
+    known_explainer(entry.explainer)  # registers its kinds of records
     diagnostics = entry.diagnostics or {}
     names = {str(int(c)): str(n) for c, n, _p in entry.top}
     parts = []
+    parts.extend(f'<p class="meta">{html.escape(n)}</p>' for n in diagnostic_notes(diagnostics))
     warnings = diagnostic_warnings(diagnostics, names)
     if warnings:
         parts.append('<ul class="warnings bad">' + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>")
-    fgvce = diagnostics.get(FGVCE_KEY) or []
-    if fgvce:
-        failed = sum(not r.get("flipped") for r in fgvce)
-        caption = f"FG-VCE counterfactuals ({failed} of {len(fgvce)} did not flip)"
-        head = ("question", "stage", "steps", "flipped", "stopped", "pool")
-        parts.append(_table(caption, head, _fgvce_rows(fgvce, names)))
-    cce = diagnostics.get(CCE_KEY) or []
-    if cce:
-        head = ("question", "stage", "max L2 / epsilon", "top class changed", "reached foil")
-        parts.append(_table("CCE counterfactuals", head, _cce_rows(cce, names)))
+    parts.extend(_table(t.caption, t.head, t.rows) for t in diagnostic_tables(diagnostics, names))
     return "".join(parts)
 
 
-def _section(number: int, entry: IndexEntry, base: Path) -> str:
+def _tree_link(entry: IndexEntry, tree_href: str) -> str:
+    """A link to the tree page with this image's top classes (and so their clusters) highlighted."""
+    classes = ",".join(str(int(c)) for c, _n, _p in entry.top)
+    target = f"{tree_href}#classes={classes}&photo={quote(os.path.basename(entry.image_path))}"
+    return f'<a href="{html.escape(target)}">clusters in the tree</a>'
+
+
+def _section(number: int, entry: IndexEntry, base: Path, tree_href: str | None = None) -> str:
     anchor = f"img-{number}"
     title = f"{number}. {html.escape(entry.image_path)}"
     if not entry.ok:
@@ -514,10 +468,21 @@ def _section(number: int, entry: IndexEntry, base: Path) -> str:
         for name in (JSON_NAME, MAPS_NAME, GRID_NAME)
         if folder is not None and (folder / name).is_file()
     ]
+    if tree_href and entry.top:
+        links.append(_tree_link(entry, tree_href))
     if links:
         parts.append('<p class="links">' + "".join(links) + "</p>")
     parts.append("</section>")
     return "".join(parts)
+
+
+def check_index_replaceable(out_dir: str | Path) -> None:
+    """``FileExistsError`` when ``out_dir/index.html`` exists and is not an index cwox wrote.
+
+    ``cwox explain`` asks before it explains anything, so a user's own ``index.html``
+    (a web folder given as ``--out``) stops the command at once instead of after the work.
+    """
+    check_page_replaceable(Path(out_dir) / INDEX_NAME, INDEX_GENERATOR, "report index")
 
 
 def write_index(
@@ -525,6 +490,7 @@ def write_index(
     out_dir: str | Path,
     *,
     title: str = "cwox explanations",
+    tree_page: str | Path | None = None,
 ) -> Path:
     """Write ``out_dir/index.html`` linking every image's report.
 
@@ -535,12 +501,20 @@ def write_index(
         out_dir: where ``index.html`` goes; report folders may lie anywhere, the
             links are relative to it.
         title: the page title.
+        tree_page: the page of the tree the clusters were cut from
+            (:mod:`cwox.online.tree_page`); linked at the top, and from each image with
+            its classes highlighted.
 
     Returns:
         the path of ``index.html``.
+
+    Raises:
+        FileExistsError: ``out_dir/index.html`` exists and cwox did not write it
+            (:func:`check_index_replaceable`); nothing is written.
     """
     items = [_coerce(e) for e in entries]
     base = Path(out_dir)
+    check_index_replaceable(base)
     base.mkdir(parents=True, exist_ok=True)
     n_ok = sum(e.ok for e in items)
     n_failed = len(items) - n_ok
@@ -560,14 +534,18 @@ def write_index(
         f'<p class="summary">{len(items)} image{"s" * (len(items) != 1)}: '
         f"{n_ok} explained, {n_failed} failed.</p>",
     ]
+    tree_href = _href(Path(tree_page), base) if tree_page is not None else None
+    if tree_href:
+        body.append(f'<p class="summary">Clusters cut from <a href="{html.escape(tree_href)}">this latent tree</a> '
+                    "(searchable: a class, its cluster, the levels above).</p>")
     if items:
         body.append(f"<nav><ol>{nav}</ol></nav>")
     if failures:
         body.append(f'<h2 class="bad">Failed images</h2><ul class="failures">{failures}</ul>')
-    body.extend(_section(i, e, base) for i, e in enumerate(items, 1))
+    body.extend(_section(i, e, base, tree_href) for i, e in enumerate(items, 1))
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">{INDEX_GENERATOR}'
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
         + "\n".join(body)
         + "\n</body></html>\n"

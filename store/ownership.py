@@ -107,8 +107,10 @@ def check_replaceable(path: str | os.PathLike, kind: str, *, option: str = "--ou
         raise ValueError(f"unknown store kind {kind!r}")
     p = Path(path)
     where = f"{option} {os.fspath(p)}"
-    if p.is_symlink():
-        raise NotOurStoreError(f"{where} is a symbolic link; cwox does not replace it: choose another {option}")
+    if p.is_symlink():  # judged by what it points at; a dangling link is left alone
+        if not p.exists():
+            raise NotOurStoreError(f"{where} is a symbolic link to nothing; choose another {option}")
+        p = p.resolve()
     if not p.exists():
         return "absent"
     if not p.is_dir():
@@ -146,9 +148,33 @@ def remove_store(path: str | os.PathLike, kind: str, *, option: str = "--out") -
     state = check_replaceable(path, kind, option=option)
     if state != "store":
         return False
-    p = Path(path)
+    link = Path(path).is_symlink()
+    p = Path(path).resolve() if link else Path(path)  # a link to a store: the store goes, the link stays
     trash = p.with_name(f".{p.name}.removed-{uuid.uuid4().hex[:8]}")
     os.rename(p, trash)
+    if link:
+        p.mkdir()
     fsync_dir(p.parent)
     remove_tree(trash)
     return True
+
+
+def check_page_replaceable(path: str | os.PathLike, marker: str, what: str) -> None:
+    """Refuse (``FileExistsError``) to replace ``path`` unless it is a file cwox wrote.
+
+    cwox's HTML pages carry ``marker`` (a ``<meta name="generator">`` tag) in their head;
+    a folder, or a file without it (a user's own ``index.html``), is never replaced.
+    ``what`` names the page in the message (``"report index"``, ``"tree page"``).
+    """
+    p = Path(path)
+    if p.is_dir() or (p.exists() and not _carries(p, marker)):
+        raise FileExistsError(f"{p} exists and is not a {what} cwox wrote; refusing to replace it "
+                              "(choose another --out)")
+
+
+def _carries(path: Path, marker: str) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return marker in fh.read(4096)
+    except OSError:
+        return False

@@ -28,6 +28,7 @@ Layout of ``TREES.zarr`` (a Zarr v3 hierarchy on a local directory)::
                          the HLTA tools report it
         class_names      str, one per label
     .staging/            versions being written (never read)
+    runs/                the nightly job's run summaries, one JSON file per run
 
 The CPTs are ragged (the root's is a vector, a latent's is card x parent card),
 so they are stored flattened with offsets in one array rather than as one
@@ -76,6 +77,9 @@ __all__ = [
     "published_version",
     "publish",
     "prune",
+    "rollback",
+    "runs_dir",
+    "verify_version",
     "check_compatible",
     "resolve_version",
 ]
@@ -86,6 +90,7 @@ _POINTER = "latest"
 _VERSIONS = "versions"
 _STAGING = ".staging"
 _HIGH_WATER = ".high_water"
+_RUNS = "runs"
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
 _SCORE_KEYS = ("loglik", "bic", "n_params", "n_documents")
 _NODE_KEYS = frozenset({"level", "card", "cpt", "label", "name", "percentage"})
@@ -235,22 +240,81 @@ def resolve_version(path: str | os.PathLike, version: str = "latest") -> str:
 def publish(path: str | os.PathLike, version: str) -> str:
     """Point ``latest`` at ``version`` in one atomic step; returns the version id.
 
-    Readers that already resolved the pointer keep reading the version they
+    The version is loaded first, checksums and all (:func:`verify_version`): a damaged
+    version is refused with :class:`CorruptStoreError` and the pointer stays where it
+    was. Readers that already resolved the pointer keep reading the version they
     started with; every later :func:`load_tree` gets the new one.
     """
     root = _require_store(path)
     vid = resolve_version(root, version)
+    _load_version(root, vid)  # raises on a damaged version: never publish one
     _write_pointer(root, vid)
     return vid
 
 
-def _write_pointer(root: Path, vid: str) -> None:
-    record = {"version": vid, "published_at": _now()}
+def verify_version(path: str | os.PathLike, version: str) -> str | None:
+    """None when ``version`` loads whole (metadata, arrays, checksum), else why not."""
+    root = _require_store(path)
+    try:
+        _load_version(root, resolve_version(root, version))
+    except TreeStoreError as exc:
+        return str(exc)
+    return None
+
+
+def rollback(path: str | os.PathLike) -> tuple[str, str]:
+    """Publish again the version that was published before the current one; atomic.
+
+    Returns ``(from_version, to_version)``. The pointer keeps the ids published
+    before (``history``); the newest of them that still exists and loads whole
+    becomes ``latest`` in one :func:`os.replace`, and leaves the history, so a
+    second rollback goes one step further back. Raises :class:`VersionNotFoundError`
+    when nothing is published or no earlier published version is left.
+    """
+    root = _require_store(path)
+    pointer = _read_pointer(root)
+    current = pointer.get("version")
+    if current is None:
+        raise VersionNotFoundError(f"no version of {os.fspath(root)!r} is published; nothing to roll back")
+    history = [v for v in pointer.get("history", []) if isinstance(v, str)]
+    skipped = []
+    while history:
+        candidate = history.pop()
+        if candidate == current:
+            continue
+        problem = verify_version(root, candidate) if (root / _VERSIONS / candidate).is_dir() else "pruned"
+        if problem is None:
+            _write_pointer(root, candidate, history=history)
+            return current, candidate
+        skipped.append(f"{candidate} ({problem})")
+    raise VersionNotFoundError(
+        f"{os.fspath(root)!r} has no earlier published version to roll back to from {current}"
+        + (f"; skipped {', '.join(skipped)}" if skipped else "")
+    )
+
+
+#: How many earlier published versions the pointer remembers for :func:`rollback`.
+_HISTORY = 20
+
+
+def _write_pointer(root: Path, vid: str, history: list[str] | None = None) -> None:
+    """Replace ``latest`` atomically; without ``history`` the version published until
+    now is pushed onto the history (a publish), with it the history is set (a rollback)."""
+    if history is None:
+        old = _published_or_none(root)
+        try:
+            history = [v for v in _read_pointer(root).get("history", []) if isinstance(v, str)]
+        except CorruptStoreError:
+            history = []
+        if old is not None and old != vid:
+            history.append(old)
+    record = {"version": vid, "published_at": _now(), "history": history[-_HISTORY:]}
     atomic_write_text(root / _POINTER, json.dumps(record) + "\n")
 
 
 def prune(path: str | os.PathLike, keep: int) -> list[str]:
-    """Delete all but the ``keep`` newest versions, never the published one.
+    """Delete all but the ``keep`` newest versions, never the published one nor the one
+    published before it (the target of :func:`rollback`).
 
     Returns the removed version ids. A version is first renamed into the
     staging area (atomic) and deleted there, so it disappears from listings in
@@ -264,9 +328,13 @@ def prune(path: str | os.PathLike, keep: int) -> list[str]:
     root = _require_store(path)
     saved = list_versions(root)
     protected = set(saved[len(saved) - keep :] if keep else [])
-    pub = _read_pointer(root).get("version")
+    pointer = _read_pointer(root)
+    pub = pointer.get("version")
     if pub is not None:
         protected.add(pub)
+    history = [v for v in pointer.get("history", []) if isinstance(v, str) and v != pub]
+    if history:  # what a rollback would go back to
+        protected.add(history[-1])
     removed = []
     if saved:  # record the highest number before deleting, so that ids are never reused
         vdir = root / _VERSIONS
@@ -287,6 +355,14 @@ def prune(path: str | os.PathLike, keep: int) -> list[str]:
         removed.append(vid)
     fsync_dir(root / _VERSIONS)
     return removed
+
+
+def runs_dir(path: str | os.PathLike) -> Path:
+    """``TREES/runs/``, where the nightly job keeps its run summaries (created on first use)."""
+    root = _require_store(path)
+    folder = root / _RUNS
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 # --------------------------------------------------------------------------- save

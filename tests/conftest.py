@@ -39,3 +39,19 @@ def default_classifier():
     from cwox.core.models import load_model
 
     return load_model("efficientnet_lite0", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny random CNN classifier on the CPU (64 x 64 input, 6 classes; ``tests/tiny_net.py``)."""
+    from tiny_net import tiny_classifier
+
+    return tiny_classifier()
+
+
+@pytest.fixture(scope="module")
+def image():
+    """A random normalised 3 x 64 x 64 image for :func:`tiny`."""
+    import torch
+
+    return torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(1))

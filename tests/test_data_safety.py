@@ -173,6 +173,20 @@ def test_explain_a_photo_named_dots_writes_inside_out(photo_dir, tmp_path):
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["out"]  # nothing beside out
     grids = list(out.rglob("grid.png"))
     assert len(grids) == 1 and grids[0].parent.parent == out
+    # A second run into the same --out replaces cwox's own index; a user's index.html is
+    # never replaced, and the refusal comes before any image is explained.
+    again = CliRunner().invoke(main, ["explain", str(src / "...png"), "--out", str(out), "--device", "cpu",
+                                      "--tree", "none", "--top-k", "2"])
+    assert again.exit_code == 0, again.output
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "index.html").write_text("<html>my home page</html>")
+    res = CliRunner().invoke(main, ["explain", str(src / "...png"), "--out", str(site), "--device", "cpu",
+                                    "--tree", "none", "--top-k", "2"])
+    assert res.exit_code == 2, res.output
+    assert "not a report index cwox wrote" in res.output and "--overwrite" not in res.output
+    assert (site / "index.html").read_text() == "<html>my home page</html>"
+    assert sorted(p.name for p in site.iterdir()) == ["index.html"]  # nothing explained into it
 
 
 def test_evaluate_refuses_a_user_folder_before_any_work(victim, photo_dir):
@@ -181,3 +195,20 @@ def test_evaluate_refuses_a_user_folder_before_any_work(victim, photo_dir):
               "--device", "cpu", "--quiet")
     assert res.exit_code == 2 and "does not write into it" in res.output, res.output
     assert snapshot(victim) == before
+
+
+def test_a_link_to_a_store_is_judged_by_its_target(tmp_path, victim):
+    import os
+
+    docs = tmp_path / "real.zarr"
+    _docs(docs)
+    os.symlink(docs, tmp_path / "link.zarr")
+    assert check_replaceable(tmp_path / "link.zarr", DOCUMENTS) == "store"
+    _docs(tmp_path / "link.zarr")  # replaced through the link; the link stays
+    assert (tmp_path / "link.zarr").is_symlink() and open_documents(tmp_path / "link.zarr").n_documents == 2
+    os.symlink(victim, tmp_path / "photos_link")
+    with pytest.raises(NotOurStoreError, match="cwox did not make"):
+        remove_store(tmp_path / "photos_link", DOCUMENTS)
+    os.symlink(tmp_path / "nothing", tmp_path / "dangling")
+    with pytest.raises(NotOurStoreError, match="link to nothing"):
+        check_replaceable(tmp_path / "dangling", DOCUMENTS)

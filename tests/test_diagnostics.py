@@ -22,16 +22,14 @@ import pytest
 import torch
 from cwox.hlta.tree import tree_from_groups
 from cwox.online.diagnostics import (
-    CCE_KEY,
-    FGVCE_KEY,
     diagnostic_warnings,
     merge_diagnostics,
     question_text,
     target_json,
 )
 from cwox.online.engine import Engine
-from cwox.online.explainers.cce import CCE
-from cwox.online.explainers.fgvce import FGVCE
+from cwox.online.explainers.cce import CCE, CCE_KEY
+from cwox.online.explainers.fgvce import FGVCE, FGVCE_KEY
 from cwox.online.report import IndexEntry, load_report, write_index, write_report
 from cwox.online.targets import as_target, plan_targets
 from cwox.pipelines.photos import photo_crop_bank
@@ -196,10 +194,10 @@ def test_report_round_trips_diagnostics_and_shows_the_table(fgvce_run, tmp_path)
 
 def test_base_role_and_gradcam_have_no_diagnostics(clf, bank, split_cats, photo, x, tmp_path):
     ex = FGVCE(clf, reference_bank=bank, max_steps=1, class_layer=clf.cluster_layer)  # 7 x 7 partitions only
-    ex.contrast(x, [(TIGER_CAT, EGYPTIAN_CAT)])
-    assert len(ex.last_diagnostics[FGVCE_KEY]) == 1  # a direct call keeps its own record
-    ex.explain(x, [TIGER_CAT])
-    assert ex.last_diagnostics == {}  # the base role has no counterfactual
+    answer = ex.contrast_role(x, [(TIGER_CAT, EGYPTIAN_CAT)], "cluster")
+    assert len(answer.diagnostics[FGVCE_KEY]) == 1  # a direct call returns its own record
+    assert ex.base_role(x, {"cluster": [TIGER_CAT]}).diagnostics == {}  # the base role has no counterfactual
+    assert not hasattr(ex, "last_diagnostics")  # results come back from the call, none stays behind
     ex.contrast(x, [(TIGER_CAT, EGYPTIAN_CAT)])
     base = Engine(clf, split_cats, ex, role="base", top_k=2).explain(photo)  # nothing left over
     grad = Engine(clf, split_cats, "gradcam", top_k=4).explain(photo)
@@ -218,8 +216,7 @@ def test_base_role_and_gradcam_have_no_diagnostics(clf, bank, split_cats, photo,
 def test_cce_records_meet_the_bound_and_match_the_counterfactuals(clf, x, split_cats, photo):
     ex = CCE(clf, **TINY_CCE)
     pairs = [(TIGER_CAT, EGYPTIAN_CAT), (EGYPTIAN_CAT, TIGER_CAT)]
-    ex.contrast(x, pairs, stage="class")
-    records = ex.last_diagnostics[CCE_KEY]
+    records = ex.contrast_role(x, pairs, "class").diagnostics[CCE_KEY]
     assert [(r["stage"], r["fact"], r["foil"]) for r in records] == [("class", f, g) for f, g in pairs]
     direct = ex.counterfactuals(x, [f for f, _ in pairs], [g for _, g in pairs])  # the same PGD, alone
     l2 = direct.deltas.flatten(2).norm(dim=2)

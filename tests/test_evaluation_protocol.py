@@ -24,7 +24,7 @@ from cwox.online.metrics import (
 )
 from cwox.online.targets import nearest_logit_classes, plan_targets, source_clusters
 from PIL import Image
-from test_explainers import N_CLASSES, TinyNet  # the tiny CNN of the explainer tests
+from tiny_net import N_CLASSES, TinyNet  # the tiny CNN of the explainer tests
 from torch import nn
 
 from cwox.core.models import from_module

@@ -13,43 +13,7 @@ from cwox.online.explainers import (
 )
 from cwox.online.explainers.gradcam import GradCAM
 from cwox.online.explainers.rise import RISE, MaskSet, MaskSetup
-from torch import nn
-
-from cwox.core.models import from_module
-
-N_CLASSES = 6
-
-
-class TinyNet(nn.Module):
-    """A small CNN: 64x64 input, a 16x16 'features' layer and an 8x8 'head' layer."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        gen = torch.Generator().manual_seed(0)
-        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
-                                      nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
-        self.head = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU())
-        self.fc = nn.Linear(32, N_CLASSES)
-        for p in self.parameters():
-            p.data = torch.randn(p.shape, generator=gen) * 0.3
-        self.boom = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = self.head(self.features(x))
-        if self.boom:
-            raise RuntimeError("boom after the hooked layers")
-        return self.fc(a.mean(dim=(2, 3)))
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return from_module(TinyNet(), [f"class{i}" for i in range(N_CLASSES)], name="tiny", input_size=64,
-                       cluster_layer="head", class_layer="features", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def image():
-    return torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(1))
+from tiny_net import N_CLASSES
 
 
 def reference_gradcam(clf, x, layer, ids):

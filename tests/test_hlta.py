@@ -384,7 +384,8 @@ def test_max_island_caps_island_size():
     assert sizes[-2] <= 4  # only the last island of a level may exceed the cap
 
 
-def test_fit_accepts_a_documents_store_path(tmp_path):
+def test_fit_accepts_an_opened_documents_store_not_a_path(tmp_path):
+    """hlta never opens a store (layers point down): it takes the opened documents object."""
     documents = pytest.importorskip("cwox.store.documents")
     path = tmp_path / "docs.zarr"
     names = ["cat", "dog", "car", "bus"]
@@ -393,7 +394,10 @@ def test_fit_accepts_a_documents_store_path(tmp_path):
     labels = np.tile(np.array([[0, 1, -1], [2, 3, -1], [0, -1, -1], [2, 3, 1]]), (10, 1))
     g["labels"][:] = labels
     g["k"][:] = (labels >= 0).sum(axis=1)
-    est = HLTA(random_state=0).fit(str(path))
+    store = documents.open_documents(path)
+    est = HLTA(random_state=0).fit(store)
     assert est.class_names_ == names
     assert est.n_documents_ == 40
-    assert est.score(path) == pytest.approx(est.loglik_ / 40)
+    assert est.score(store) == pytest.approx(est.loglik_ / 40)
+    with pytest.raises(TypeError, match="open_documents"):
+        HLTA(random_state=0).fit(str(path))

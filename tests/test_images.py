@@ -35,7 +35,7 @@ def test_palette_and_transparent_palette(tmp_path, photo):
     photo.convert("P", palette=Image.ADAPTIVE).save(tmp_path / "p.png")
     arr = np.asarray(load_image(tmp_path / "p.png")).astype(int)
     assert np.abs(arr - np.asarray(photo)).mean() < 12  # adaptive palette: close, not exact
-    pal = Image.new("P", (4, 4), 0)
+    pal = Image.new("P", (8, 8), 0)
     pal.putpalette([10, 20, 30] + [200, 0, 0] * 255)
     pal.info["transparency"] = 0
     pal.save(tmp_path / "pt.png", transparency=0)

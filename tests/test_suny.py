@@ -174,15 +174,18 @@ def test_one_pass_set_serves_several_targets(clf, x, result):
 
 
 def test_base_role_through_the_registry_and_extra_maps(explainer, x, result):
-    maps = explainer.explain(x, [TIGER_CAT, CATS], stage="cluster")
+    answer = explainer.base_role(x, {"cluster": [TIGER_CAT, CATS]})
+    maps = answer.maps["cluster"]
+    torch.testing.assert_close(maps, explainer.explain(x, [TIGER_CAT, CATS], stage="cluster"), atol=0, rtol=0)
     assert maps.shape == (2, 224, 224) and maps.dtype == torch.float32
     torch.testing.assert_close(maps, result.importance[[0, 3]], atol=1e-5, rtol=0)
-    extra = explainer.last_extra_maps
+    extra = answer.extra_maps
     torch.testing.assert_close(extra["necessity_cluster"], result.necessity[[0, 3]], atol=1e-5, rtol=0)
     torch.testing.assert_close(extra["sufficiency_cluster"], result.sufficiency[[0, 3]], atol=1e-5, rtol=0)
-    both = explainer.explain_stages(x, {"cluster": [TIGER_CAT], "class": [TABBY]})
+    answer = explainer.base_role(x, {"cluster": [TIGER_CAT], "class": [TABBY]})
+    both = answer.maps
     torch.testing.assert_close(both["class"][0], result.importance[2], atol=1e-5, rtol=0)
-    assert set(explainer.last_extra_maps) == {"necessity_cluster", "sufficiency_cluster", "necessity_class", "sufficiency_class"}
+    assert set(answer.extra_maps) == {"necessity_cluster", "sufficiency_cluster", "necessity_class", "sufficiency_class"}
     assert count_hooks(explainer.classifier.module) == 0
 
 
@@ -202,7 +205,7 @@ def test_contrast_uses_the_log_odds_and_reuses_the_interventions(explainer, x, r
     assert (maps.flatten(1).std(1) > 1e-3).all()
     torch.testing.assert_close(maps[0], res.importance[0], atol=1e-5, rtol=0)
     assert (maps[0] - result.importance[0]).abs().mean() > 0.02  # not the plain map of the fact
-    assert "contrast_necessity_cluster" in explainer.last_extra_maps
+    assert "contrast_necessity_cluster" in explainer.contrast_role(x, [(TIGER_CAT, EGYPTIAN_CAT)], "cluster").extra_maps
     why = explainer.why(x, TIGER_CAT, EGYPTIAN_CAT)
     assert set(why) == {"sufficiency", "necessity", "importance"}
     torch.testing.assert_close(why["necessity"], res.necessity[0], atol=1e-5, rtol=0)
@@ -322,4 +325,4 @@ def test_cwox2s_through_the_engine(clf, chelsea, explainer):
     assert (exp.cluster_maps.reshape(2, -1).std(1) > 1e-4).all()
     assert exp.settings["explainer"]["name"] == "suny"
     # The engine used the native contrast role ("this cluster rather than the other").
-    assert explainer.last_extra_maps["contrast_necessity_cluster"].shape == (2, 224, 224)
+    assert exp.extra_maps["contrast_necessity_cluster"].shape == (2, 224, 224)

@@ -39,6 +39,20 @@ def topk_options(f: Callable) -> Callable:
     return f
 
 
+def quiet_option(f: Callable) -> Callable:
+    """``--quiet``: no progress bars (they show only on a terminal anyway)."""
+    return click.option("--quiet", is_flag=True, help="No progress bars (none are drawn when stderr is piped).")(f)
+
+
+def silence_progress(flag: bool) -> None:
+    """Turn the explainers' pass bars off for this command when ``flag``; back on when it ends."""
+    from cwox.core.progress import set_enabled
+
+    if flag:
+        previous = set_enabled(False)
+        click.get_current_context().call_on_close(lambda: set_enabled(previous))
+
+
 class CommandError(click.ClickException):
     """A usage or set-up error: nothing was computed. Exit code 2 (1 means some items failed)."""
 
@@ -132,6 +146,35 @@ def explainer_keys(name: str) -> list[str] | None:
         return None
     return [p.name for p in params if p.name != "classifier"
             and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+
+
+def dedicated_params(
+    explainers: Sequence[str], given: Mapping[str, Any]
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
+    """The values of a command's dedicated explainer options, by the explainers that declare them.
+
+    ``given`` maps an option (``"--n-masks"``) to its value (None: not given). Each
+    explainer declares its options in ``Explainer.cli_options`` (option -> parameter).
+    Returns ``({explainer: {key: value}}, {explainer: {key: option}})``, the second for
+    :func:`explainer_params`; an option no selected explainer declares is a usage error
+    that names the explainers declaring it.
+    """
+    from cwox.online.explainers import available_explainers, explainer_class
+
+    params: dict[str, dict[str, Any]] = {}
+    dedicated: dict[str, dict[str, str]] = {}
+    for option, value in given.items():
+        if value is None:
+            continue
+        takers = [n for n in explainers if option in explainer_class(n).cli_options]
+        if not takers:
+            owners = [n for n in available_explainers() if option in explainer_class(n).cli_options]
+            raise click.UsageError(f"{option} applies to --explainer {' or '.join(owners)} only")
+        for name in takers:
+            key = explainer_class(name).cli_options[option]
+            params.setdefault(name, {})[key] = value
+            dedicated.setdefault(name, {})[key] = option
+    return params, dedicated
 
 
 def explainer_params(

@@ -14,6 +14,11 @@ from cwox.commands.common import CommandError, model_options, topk_options
 @click.option("--out", required=True, type=click.Path(), help="Documents store to write (DOCS.zarr).")
 @model_options
 @topk_options
+@click.option("--no-cap", is_flag=True,
+              help="With --cum: no cap on K (the rule of the reference HLTA code: --cum 0.95 --no-cap --min-k 2).")
+@click.option("--min-k", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Rows with fewer labels stay in the store but are left out of the tree learner's corpus "
+                   "(2 drops one-label documents, as the reference does). Recorded in the store.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per forward pass.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="LocalCluster worker processes.")
 @click.option("--scheduler", default=None, help="Use an existing Dask cluster: tcp://host:port.")
@@ -28,7 +33,7 @@ from cwox.commands.common import CommandError, model_options, topk_options
 @click.option("--per-class", type=click.IntRange(min=1), default=20, show_default=True,
               help="Reference images per class in the bank (FG-VCE: 20).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def documents(inputs, out, model, weights, device, top_k, cum, max_k, batch_size, workers, scheduler,
+def documents(inputs, out, model, weights, device, top_k, cum, max_k, no_cap, min_k, batch_size, workers, scheduler,
               augment, seed, chunk_size, max_pixels, overwrite, bank, per_class, quiet):
     """Classify INPUTS (image files, folders, list files) and store each image's top-K labels.
 
@@ -41,7 +46,7 @@ def documents(inputs, out, model, weights, device, top_k, cum, max_k, batch_size
     from cwox.store.documents import StoreMismatch
 
     try:
-        rule = TopKRule.from_options(top_k, cum, max_k)
+        rule = TopKRule.from_options(top_k, cum, max_k, no_cap=no_cap, min_k=min_k)
         summary = build_documents(
             inputs, out, model=model, weights=weights, rule=rule, batch_size=batch_size,
             workers=workers, scheduler=scheduler, augment=augment, seed=seed,

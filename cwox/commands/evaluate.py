@@ -30,10 +30,13 @@ import click
 
 from cwox.commands.common import (
     CommandError,
+    dedicated_params,
     explainer_error,
     explainer_params,
     model_options,
     param_option,
+    quiet_option,
+    silence_progress,
     tree_option,
 )
 from cwox.online.modes import CLUSTER_SOURCES, MODES, PAPER_CUM, PAPER_MAX_K, ROLES
@@ -102,7 +105,7 @@ def _check_list(value: str, allowed, option: str) -> list[str]:
 @click.option("--curve-points", type=click.IntRange(min=2), default=41, show_default=True,
               help="Deletion counts per curve in curves.png.")
 @click.option("--no-plot", is_flag=True, help="Do not draw curves.png.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 def evaluate(images, model, weights, device, tree_opt, explainers, modes, metrics, protocol, cluster_source,
              finer_classes, finer_gamma, cum, max_k, delta, step, substrate, n_masks, param_items, role, seed,
              batch_size, scheduler, workers, limit, out_dir, curve_points, no_plot, quiet):
@@ -110,15 +113,11 @@ def evaluate(images, model, weights, device, tree_opt, explainers, modes, metric
     from cwox.core.images import collect_inputs
     from cwox.online.explainers import available_explainers
 
+    silence_progress(quiet)
     names = _check_list(explainers, tuple(available_explainers()), "--explainers")
     modes = _check_list(modes, MODES, "--modes")
     metrics = _check_list(metrics, METRICS, "--metrics")
-    params: dict[str, dict] = {}
-    dedicated: dict[str, dict[str, str]] = {}
-    if n_masks is not None:
-        if "rise" not in names:
-            raise click.UsageError("--n-masks applies to the rise explainer, which is not evaluated")
-        params["rise"], dedicated["rise"] = {"n_masks": n_masks}, {"n_masks": "--n-masks"}
+    params, dedicated = dedicated_params(names, {"--n-masks": n_masks})
     for name, given in explainer_params(param_items, names, option="--explainers", dedicated=dedicated).items():
         params.setdefault(name, {}).update(given)
     if scheduler and workers:

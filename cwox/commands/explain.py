@@ -19,16 +19,22 @@ import click
 
 from cwox.commands.common import (
     CommandError,
+    dedicated_params,
     explainer_error,
     explainer_keys,
     explainer_params,
     model_options,
     param_option,
+    quiet_option,
+    silence_progress,
     topk_options,
     tree_option,
 )
 from cwox.online.modes import MODES, ROLES
 from cwox.store.default_tree import DEFAULT_TREE
+
+#: FG-VCE's embedded reference bank for the default model (``python -m cwox.pipelines.default_bank``).
+DEFAULT_BANK = Path(DEFAULT_TREE).with_name("default_bank.zarr")
 
 
 def load_tree_option(value: str, model_name: str, class_names: list[str]):
@@ -110,10 +116,14 @@ def _unique_dir(out: Path, image_path: str, used: set[str]) -> Path:
                    "public code's examples; 0 is the paper's plain support, what `cwox evaluate` scores).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="cwox-out", show_default=True,
               help="Output folder; each image gets OUT/<image-stem>/.")
+@quiet_option
 def explain(images, model, weights, device, tree_opt, explainer, role, reference_bank, why_p, rather_q,
-            other_image, mode, top_k, cum, max_k, batch_size, seed, n_masks, param_items, support, out_dir):
+            other_image, mode, top_k, cum, max_k, batch_size, seed, n_masks, param_items, support, out_dir,
+            quiet):
     """Explain the top classes of each IMAGE (files, folders, or .txt lists of paths)."""
     from cwox.core.images import ImageError, collect_inputs
+
+    silence_progress(quiet)
 
     if top_k is not None and cum is not None:
         raise click.UsageError("give --top-k K or --cum P (with --max-k K), not both")
@@ -128,26 +138,20 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
     explainer = explainer.lower()
     if explainer not in available_explainers():
         raise click.UsageError(f"unknown --explainer {explainer!r}; choose one of {', '.join(available_explainers())}")
-    params, dedicated = {}, {}
-    if n_masks is not None:
-        if explainer != "rise":
-            raise click.UsageError("--n-masks applies to --explainer rise only")
-        params["n_masks"], dedicated["n_masks"] = n_masks, "--n-masks"
-    if reference_bank is not None:
-        if explainer != "fgvce":
-            raise click.UsageError("--reference-bank applies to --explainer fgvce only")
-        params["reference_bank"], dedicated["reference_bank"] = reference_bank, "--reference-bank"
+    given, dedicated = dedicated_params([explainer], {"--n-masks": n_masks, "--reference-bank": reference_bank})
+    params = given.get(explainer, {})
     params.update(explainer_params(param_items, [explainer], option="--explainer",
-                                   dedicated={explainer: dedicated}).get(explainer, {}))
+                                   dedicated=dedicated).get(explainer, {}))
     if (rather_q or other_image) and not why_p:
         raise click.UsageError("--rather-than and --other go with --why P")
     try:
         classifier = load_model(model, weights=weights, device=device)
     except (ValueError, OSError) as exc:
         raise CommandError(str(exc)) from exc
+    bank_name = _default_bank(explainer, params, classifier)
     if why_p:
         sys.exit(_ask(paths, classifier, explainer, why_p, rather_q, other_image, params,
-                      batch_size, seed, Path(out_dir), param_items))
+                      batch_size, seed, Path(out_dir), param_items, bank_name))
     tree = load_tree_option(tree_opt, classifier.name, classifier.class_names)
     try:
         engine = Engine(
@@ -160,13 +164,19 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
 
     from tqdm import tqdm
 
-    from cwox.online.report import IndexEntry, write_index, write_report
+    from cwox.online.explainers.fgvce import BANK_KEY, FGVCE_KEY
+    from cwox.online.report import IndexEntry, check_index_replaceable, write_index, write_report
 
     out = Path(out_dir)
+    try:  # a user's own index.html in --out: stop now, not after explaining every image
+        check_index_replaceable(out)
+    except FileExistsError as exc:
+        raise CommandError(str(exc)) from exc
     used: set[str] = set()
     entries = []
     failed = 0
-    bar = tqdm(paths, desc="explain", unit="image", disable=len(paths) < 3, file=sys.stderr)
+    bar = tqdm(paths, desc="explain", unit="image", disable=True if len(paths) < 3 or quiet else None,
+               file=sys.stderr)
     for path in bar:
         try:
             result = engine.explain(path)
@@ -181,6 +191,8 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
             tqdm.write(f"failed {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
         target = _unique_dir(out, path, used)
+        if FGVCE_KEY in result.diagnostics:  # counterfactuals ran: say which bank, and what it lacks
+            result.diagnostics[BANK_KEY] = [_bank_record(engine.explainer, bank_name, result.classes)]
         write_report(result, target)
         entries.append(IndexEntry.from_explanation(result, target))
         lines = [f"{path} -> {target}/ ({result.timings['total']:.2f} s)", *format_clusters(result)]
@@ -188,27 +200,62 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
         for warning in result.warnings():  # e.g. an FG-VCE counterfactual that did not flip
             tqdm.write(f"  warning: {warning}", file=sys.stderr)
     bar.close()
-    index = write_index(entries, out)
+    tree_page = None
+    if tree is not None:  # the page of the tree the clusters come from, linked from index.html
+        from cwox.online.tree_page import PAGE_NAME, write_tree_page
+
+        try:
+            source = "the embedded default tree" if tree_opt.lower() == "default" else tree_opt
+            tree_page = write_tree_page(tree, out / PAGE_NAME, source=source)
+        except FileExistsError as exc:  # a file of the user's own: keep it, link no tree
+            click.echo(f"warning: no tree page: {exc}", err=True)
+    index = write_index(entries, out, tree_page=tree_page)
     click.echo(f"{len(paths) - failed} of {len(paths)} images explained; index: {index}")
     sys.exit(1 if failed else 0)
 
 
+def _default_bank(explainer: str, params: dict, classifier) -> str | None:
+    """FG-VCE's bank name for the reports; puts the embedded default bank in ``params`` when none is given.
+
+    The default bank serves the default model only (its features are that model's);
+    for another model FG-VCE runs without a bank (base role) unless one is given.
+    """
+    if explainer != "fgvce":
+        return None
+    if params.get("reference_bank") is not None:
+        return str(params["reference_bank"])
+    if DEFAULT_BANK.exists() and classifier.name == "efficientnet_lite0":
+        params["reference_bank"] = str(DEFAULT_BANK)
+        return f"default ({DEFAULT_BANK.parent.name}/{DEFAULT_BANK.name})"
+    return None
+
+
+def _bank_record(method, name: str | None, asked) -> dict:
+    """The bank record (:func:`cwox.online.diagnostics.bank_record`) of ``method``'s bank for classes ``asked``."""
+    from cwox.online.explainers.fgvce import bank_record
+
+    bank = method.bank
+    return bank_record(name or "given", bank.summary(), bank.classes.tolist(), asked, method.classifier.class_names)
+
+
 def _ask(paths, classifier, explainer, why_p, rather_q, other_image, params, batch_size, seed, out,
-         param_items=()) -> int:
+         param_items=(), bank_name=None) -> int:
     """``--why P [--rather-than Q | --other IMAGE2]``: the explainer's own pair of maps per image."""
     import numpy as np
 
     from cwox.core.images import ImageError, load_image
-    from cwox.online.explainers import get_explainer
+    from cwox.online.explainers import explainer_class, get_explainer
+    from cwox.online.explainers.fgvce import BANK_KEY, bank_text
     from cwox.online.question import (
-        QUESTION_MAPS,
         answer_question,
+        question_explainers,
         resolve_classes,
         write_question_report,
     )
 
-    if explainer not in QUESTION_MAPS:
-        raise click.UsageError(f"--why needs --explainer {', '.join(QUESTION_MAPS)} (not {explainer})")
+    order = explainer_class(explainer).question_maps
+    if not order:
+        raise click.UsageError(f"--why needs --explainer {', '.join(question_explainers())} (not {explainer})")
     names = classifier.class_names
     try:
         fact = resolve_classes(why_p, names)
@@ -243,7 +290,13 @@ def _ask(paths, classifier, explainer, why_p, rather_q, other_image, params, bat
         target = _unique_dir(out, path, used)
         meta = {"image": str(path), "explainer": explainer, "question": question,
                 "fact": fact, "foil": foil, "settings": method.settings()}
+        if getattr(method, "bank", None) is not None:  # FG-VCE: which bank, and what it lacks
+            goal = answer["extra"].get("report", {}).get("goal")  # the foil FG-VCE chose when none was given
+            asked = fact + (foil or ([goal] if isinstance(goal, int) else list(goal or [])))
+            meta[BANK_KEY] = _bank_record(method, bank_name, asked)
+            meta["note"] = bank_text(meta[BANK_KEY])
+            click.echo(f"  {meta['note']}")
         files = write_question_report(target, np.asarray(classifier.crop(image)), answer, meta,
-                                      order=QUESTION_MAPS[explainer])
+                                      order=order)
         click.echo(f"{path}: {question} -> {files['png']}")
     return 1 if failed else 0

@@ -8,9 +8,10 @@ into one ordered list of paths.
 
 from __future__ import annotations
 
+import errno
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: Refuse images larger than this many pixels before decoding them (memory guard).
 DEFAULT_MAX_PIXELS = 64_000_000
+
+#: Refuse images with a side below this many pixels: the classifier scales every photo
+#: to 224 x 224, and a 1 x 1 or 4 x 4 picture becomes a few flat blocks whose top labels
+#: are noise (they reached the latent tree as junk documents).
+DEFAULT_MIN_SIDE = 8
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
@@ -37,18 +43,26 @@ class ImageError(Exception):
         self.reason = reason
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(
+    path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE
+) -> Image.Image:
     """Open ``path`` as an 8-bit RGB image, or raise :class:`ImageError`.
 
     Handles grayscale, palette (with transparency), CMYK, RGBA/LA (composited onto
     white), 16- and 32-bit integer and float images (rescaled to 0..255), and
-    EXIF-rotated photos. Images above ``max_pixels`` are refused from their header,
-    before any pixel is decoded.
+    EXIF-rotated photos. Images above ``max_pixels`` or with a side below
+    ``min_side`` are refused from their header, before any pixel is decoded.
     """
     p = Path(path)
+    link = _link_problem(p)
+    if link:
+        raise ImageError(path, link)
     if not p.exists():
         raise ImageError(path, "missing: no such file")
     if p.is_dir():
+        if p.is_symlink():
+            raise ImageError(path, "symbolic link to a folder (folder scans do not follow links; "
+                                   "give the folder itself)")
         raise ImageError(path, "is a directory, not an image file")
     try:
         size = p.stat().st_size
@@ -67,6 +81,10 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
                     )
                 if w == 0 or h == 0:
                     raise ImageError(path, f"degenerate size {w}x{h}")
+                if min(w, h) < min_side:
+                    raise ImageError(
+                        path, f"too small: {w}x{h} pixels, below the minimum side of {min_side} pixels"
+                    )
                 im.load()
                 im = ImageOps.exif_transpose(im)
                 return to_rgb(im)
@@ -110,13 +128,45 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _link_problem(p: Path) -> str | None:
+    """Why the symbolic link ``p`` cannot be followed (None when it is no link or resolves)."""
+    if not p.is_symlink():
+        return None
+    try:
+        p.stat()
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (the link points back at itself)"
+        if exc.errno == errno.ENOENT:
+            return f"dangling symbolic link (its target {os.readlink(p)} does not exist)"
+        return f"unreadable symbolic link: {exc.strerror or exc}"
+    return None
+
+
+def _scan_folder(folder: Path) -> Iterator[Path]:
+    """The entries of a folder scan, recursively, sorted: image files, and every entry a
+    user may have meant as one but that cannot be read as a file — a dangling symbolic
+    link, a link loop, a folder named like an image (``x.jpg/``), a link to a folder
+    (not followed: a loop would never end). They are kept so that :func:`load_image`
+    reports each with its reason instead of the scan dropping it silently."""
+    for f in sorted(folder.rglob("*")):
+        if f.is_symlink() and _link_problem(f):
+            yield f
+        elif f.is_symlink() and f.is_dir():
+            yield f
+        elif f.suffix.lower() in IMAGE_SUFFIXES:
+            yield f
+
+
 def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
     """Expand files, folders (recursively, image files only, sorted) and list files.
 
     A list file (``.txt``/``.lst``/``.list``) holds one path per line; blank lines and
     lines starting with ``#`` are skipped; relative paths are taken relative to the
     list file's folder. Paths that do not exist are kept, so that they are reported
-    as missing rather than silently dropped. Duplicates are kept once, first place.
+    as missing rather than silently dropped; so are the entries of a folder that
+    look like images but cannot be read as files (see :func:`_scan_folder`).
+    Duplicates are kept once, first place.
     """
     out: list[str] = []
     seen: set[str] = set()
@@ -129,9 +179,8 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                    add(str(f))
+            for f in _scan_folder(p):
+                add(str(f))
         elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
             for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
                 line = line.strip()

@@ -4,11 +4,13 @@
 >>> explainer = get_explainer("gradcam", classifier)          # doctest: +SKIP
 >>> maps = explainer.explain(image, [281, {281, 282}], stage="cluster")  # doctest: +SKIP
 
-To add one (CCE, SUNY, FG-VCE...): write ``online/explainers/<name>.py`` with a
-``@register("<name>")`` subclass of :class:`Explainer`, and add one line below.
+To add one: write ``online/explainers/<name>.py`` with a ``@register("<name>")``
+subclass of :class:`Explainer` that declares what it can do (see
+:mod:`cwox.online.explainers.base`), and add one line to :data:`BUILTIN` below.
 """
 
 from cwox.online.explainers.base import (
+    Answer,
     Explainer,
     ExplainSession,
     available_explainers,
@@ -16,6 +18,7 @@ from cwox.online.explainers.base import (
     count_hooks,
     explainer_class,
     get_explainer,
+    known_explainer,
     register,
 )
 
@@ -29,6 +32,7 @@ BUILTIN: dict[str, str] = {
 }
 
 __all__ = [
+    "Answer",
     "BUILTIN",
     "Explainer",
     "ExplainSession",
@@ -37,5 +41,6 @@ __all__ = [
     "count_hooks",
     "explainer_class",
     "get_explainer",
+    "known_explainer",
     "register",
 ]

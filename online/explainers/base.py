@@ -16,12 +16,21 @@ Each explainer has two *stages*: ``"cluster"`` (the coarse setup of CWOX-2s
 stage one, also the standard setup used by SWOX and CWOX-1s) and ``"class"``
 (the finer setup of stage two: a lower Grad-CAM layer, finer RISE masks).
 
-Adding an explainer: subclass :class:`Explainer`, implement
-:meth:`Explainer.explain_stages` (the base :meth:`Explainer.explain` checks its
+An explainer is one file plus one registry line. Subclass :class:`Explainer`,
+implement :meth:`Explainer.base_role` (the base :meth:`Explainer.explain` checks its
 arguments and delegates to it; use :meth:`Explainer.checked_requests` for the
-requests), and for a native contrast role :meth:`Explainer.contrast_stage`; decorate it
-with ``@register("name")``, and add ``"name": "module:Class"`` to
-:data:`cwox.online.explainers.BUILTIN` so :func:`get_explainer` finds it lazily.
+requests) and, for a native contrast role, :meth:`Explainer.contrast_role`; both return
+an :class:`Answer` (the maps, plus any extra maps and diagnostics of that call, nothing
+left on the instance). Declare what it can do in class attributes, which the engine,
+the command line, the question writer, the diagnostics and the report read (none of
+them names an explainer): ``supports_contrast`` (and ``contrast_requires``),
+``question_maps`` and ``other_image`` for :meth:`Explainer.why`, ``records`` (the
+kinds of diagnostics it writes, :class:`cwox.online.diagnostics.RecordKind`: their
+warnings and report tables), ``cli_options`` (dedicated command-line options) and
+the defaults ``default_normalization``/``default_support``. Decorate it with
+``@register("name")``, and add ``"name": "module:Class"`` to
+:data:`cwox.online.explainers.BUILTIN` so :func:`get_explainer` finds it lazily (an
+explainer registered at run time, e.g. in a test, needs no registry line).
 """
 
 from __future__ import annotations
@@ -29,10 +38,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from cwox.online.diagnostics import RecordKind, register_records
 from cwox.online.targets import STAGES, Target, as_target
 from PIL import Image
 from torch import nn
@@ -44,6 +55,25 @@ from cwox.core.models import Classifier
 _REGISTRY: dict[str, type[Explainer]] = {}
 
 
+@dataclass
+class Answer:
+    """What one call of an explainer's role gives back.
+
+    Attributes:
+        maps: ``{stage: n x H x W}`` float32 maps on the classifier's device, one per
+            target (base role) or per (fact, foil) pair (contrast role).
+        extra_maps: named ``n x H x W`` maps the method draws beside them (SUNY's
+            necessity and sufficiency), kept in ``Explanation.extra_maps``.
+        diagnostics: JSON-ready records of what the call did beside its maps, kind ->
+            list of records (:mod:`cwox.online.diagnostics`), e.g. FG-VCE's and CCE's
+            counterfactuals; ``{}`` for explainers without any.
+    """
+
+    maps: dict[str, torch.Tensor]
+    extra_maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    diagnostics: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
 class Explainer:
     """A saliency method bound to one classifier.
 
@@ -52,24 +82,31 @@ class Explainer:
         batch_size: images per forward (or backward) pass; bounds peak memory.
             Defaults to :func:`cwox.core.devices.default_batch_size` of the device.
 
-    Class attributes:
+    Class attributes (what the explainer can do; the engine, CLI, report ask them):
         name: the registry name.
-        supports_contrast: whether :meth:`contrast` gives native contrast maps.
+        supports_contrast: whether :meth:`contrast` gives native contrast maps (an
+            instance may set it, e.g. FG-VCE only with a reference bank).
+        contrast_requires: what the contrast role needs when ``supports_contrast`` is
+            False on an instance (``"a reference bank"``); ``""`` when it never has one.
+        question_maps: the names of the maps :meth:`why` answers with, in the order a
+            report shows them (``()``: no direct question).
+        other_image: whether :meth:`why` takes ``other=`` (a second image, CCE's O-contrast).
+        records: the kinds of diagnostics its calls write
+            (:class:`cwox.online.diagnostics.RecordKind`: their warnings, report tables).
+        cli_options: dedicated command-line options -> the parameter each one sets
+            (``{"--n-masks": "n_masks"}``); every parameter is also ``-p NAME.KEY=VALUE``.
         default_normalization: how :mod:`cwox.online.compose` should rescale this
             explainer's maps before subtracting them (``"none"``/``"minmax"``/``"max"``).
         default_support: the support percentile of Eq. (2) suited to its maps.
-
-    Attributes:
-        last_diagnostics: JSON-ready records of what the last call did beside its
-            maps, kind -> list of records (:mod:`cwox.online.diagnostics`), e.g. FG-VCE's
-            and CCE's counterfactuals; ``{}`` for explainers without any. Each call
-            of :meth:`contrast` starts it afresh, and so does each
-            :meth:`explain_stages` of an explainer that keeps records; the engine
-            gathers it after every call into ``Explanation.diagnostics``.
     """
 
     name: ClassVar[str] = ""
     supports_contrast: ClassVar[bool] = False
+    contrast_requires: ClassVar[str] = ""
+    question_maps: ClassVar[tuple[str, ...]] = ()
+    other_image: ClassVar[bool] = False
+    records: ClassVar[tuple[RecordKind, ...]] = ()
+    cli_options: ClassVar[dict[str, str]] = {}
     default_normalization: ClassVar[str] = "none"
     default_support: ClassVar[float] = 50.0
 
@@ -80,7 +117,6 @@ class Explainer:
         if batch_size is not None and int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = int(batch_size) if batch_size is not None else default_batch_size(classifier.device)
-        self.last_diagnostics: dict[str, list[dict[str, Any]]] = {}
 
     @property
     def device(self) -> torch.device:
@@ -93,29 +129,32 @@ class Explainer:
     ) -> torch.Tensor:
         """Signed saliency maps ``T x H x W`` (float32, on the classifier's device), one per target.
 
-        Checks the stage and the targets, then asks :meth:`explain_stages` for that
-        one stage; explainers implement :meth:`explain_stages` (or, for a method
-        with nothing to share between stages, override this method instead).
+        Checks the stage and the targets, then asks :meth:`base_role` for that one
+        stage; explainers implement :meth:`base_role` (or, for a method with nothing
+        to share between stages, override this method instead).
         """
         stage = self.check_stage(stage)
         checked = self.check_targets(targets, self.classifier.n_classes)
-        return self.explain_stages(image, {stage: checked})[stage]
+        return self.base_role(image, {stage: checked}).maps[stage]
 
-    def explain_stages(
-        self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]
-    ) -> dict[str, torch.Tensor]:
-        """Maps for several stages at once: ``{stage: T_stage x H x W}``.
+    def base_role(self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]) -> Answer:
+        """Maps for several stages at once (``Answer.maps``: ``{stage: T_stage x H x W}``).
 
         Explainers that serve several stages from the same passes override this.
         The default, for an explainer that overrides only :meth:`explain`, makes
         one :meth:`explain` call per requested stage.
         """
         if type(self).explain is Explainer.explain:
-            raise NotImplementedError(
-                f"explainer {type(self).__qualname__} must override explain_stages() or explain()"
-            )
+            raise NotImplementedError(f"explainer {type(self).__qualname__} must override base_role() or explain()")
         x = self.prepare(image)
-        return {stage: self.explain(x, targets, stage=stage) for stage, targets in self.checked_requests(requests).items()}
+        return Answer({stage: self.explain(x, targets, stage=stage)
+                       for stage, targets in self.checked_requests(requests).items()})
+
+    def explain_stages(
+        self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]
+    ) -> dict[str, torch.Tensor]:
+        """The maps of :meth:`base_role` alone: ``{stage: T_stage x H x W}``."""
+        return self.base_role(image, requests).maps
 
     def session(self, image: torch.Tensor | Image.Image) -> ExplainSession:
         """Start explaining one image: run its clean forward pass once.
@@ -134,23 +173,37 @@ class Explainer:
         *,
         stage: str = "cluster",
     ) -> torch.Tensor:
-        """Native "fact rather than foil" maps ``P x H x W``, one per pair.
-
-        Checks the stage, then asks :meth:`contrast_stage`, which explainers with a
-        native contrast role (``supports_contrast``) implement; ``last_diagnostics``
-        then holds only what this call recorded.
-        """
-        if type(self).contrast_stage is Explainer.contrast_stage:
-            raise NotImplementedError(f"explainer {self.name!r} has no native contrast role; use explain() and subtract")
+        """Native "fact rather than foil" maps ``P x H x W``, one per pair (the maps of :meth:`contrast_role`)."""
         stage = self.check_stage(stage)
-        self.last_diagnostics = {}
-        return self.contrast_stage(image, pairs, stage)
+        return self.contrast_role(image, pairs, stage).maps[stage]
 
-    def contrast_stage(
+    def contrast_role(
         self, image: torch.Tensor | Image.Image, pairs: Sequence[tuple[Target, Target]], stage: str
-    ) -> torch.Tensor:
-        """:meth:`contrast` for a checked ``stage``: the maps of an explainer with a native contrast role."""
-        raise NotImplementedError(f"explainer {type(self).__qualname__} must implement contrast_stage()")
+    ) -> Answer:
+        """"fact rather than foil" for a checked ``stage``: ``Answer.maps[stage]`` is ``P x H x W``.
+
+        Explainers with a native contrast role (``supports_contrast``) implement it.
+        """
+        raise NotImplementedError(f"{self.no_contrast_message()}; use explain() and subtract")
+
+    def no_contrast_message(self) -> str:
+        """Why this explainer has no native contrast role (``contrast_requires`` says what it lacks)."""
+        needs = f" without {self.contrast_requires}" if self.contrast_requires else ""
+        return f"explainer {self.name!r} has no native contrast role{needs}"
+
+    def why(
+        self,
+        image: torch.Tensor | Image.Image,
+        fact: Target | Iterable[int],
+        foil: Target | Iterable[int] | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """The direct question "why ``fact`` (rather than ``foil``)?": maps named by ``question_maps``.
+
+        Explainers that declare ``question_maps`` implement it; ``other=`` (a second
+        image) only where ``other_image`` is set.
+        """
+        raise NotImplementedError(f"explainer {self.name!r} answers no direct question (why P rather than Q)")
 
     def settings(self) -> dict[str, Any]:
         """The parameters that shape this explainer's maps (recorded in the Explanation)."""
@@ -225,13 +278,21 @@ class ExplainSession:
             probabilities = explainer.classifier.probabilities(image.unsqueeze(0))[0]
         self.probabilities = probabilities.detach().float()
 
+    def base_role(self, requests: Mapping[str, Sequence[Target]]) -> Answer:
+        """Maps of every stage's targets, as :meth:`Explainer.base_role`."""
+        return self.explainer.base_role(self.image, requests)
+
     def explain_stages(self, requests: Mapping[str, Sequence[Target]]) -> dict[str, torch.Tensor]:
-        """Maps of every stage's targets, as :meth:`Explainer.explain_stages`."""
-        return self.explainer.explain_stages(self.image, requests)
+        """The maps of :meth:`base_role` alone."""
+        return self.base_role(requests).maps
+
+    def contrast_role(self, pairs: Sequence[tuple[Target, Target]], *, stage: str = "cluster") -> Answer:
+        """Native contrast maps, as :meth:`Explainer.contrast_role`."""
+        return self.explainer.contrast_role(self.image, pairs, self.explainer.check_stage(stage))
 
     def contrast(self, pairs: Sequence[tuple[Target, Target]], *, stage: str = "cluster") -> torch.Tensor:
         """Native contrast maps, as :meth:`Explainer.contrast`."""
-        return self.explainer.contrast(self.image, pairs, stage=stage)
+        return self.contrast_role(pairs, stage=stage).maps[stage]
 
     def close(self) -> None:
         """Release what the session holds (idempotent)."""
@@ -331,6 +392,8 @@ def register(name: str):
             raise ValueError(f"an explainer named {name!r} is already registered ({_REGISTRY[name].__qualname__})")
         cls.name = name
         _REGISTRY[name] = cls
+        for kind in cls.records:  # its diagnostics' warnings and tables, known by their key
+            register_records(kind)
         return cls
 
     return wrap
@@ -348,6 +411,18 @@ def explainer_class(name: str) -> type[Explainer]:
         known = ", ".join(sorted(set(_REGISTRY) | set(BUILTIN)))
         raise ValueError(f"unknown explainer {name!r}; available: {known}")
     return _REGISTRY[key]
+
+
+def known_explainer(name: str | None) -> type[Explainer] | None:
+    """The class registered as ``name`` (imported, so its record kinds are registered), or None.
+
+    For readers of saved explanations: the records of an explainer this process does
+    not know are passed over rather than failing the report.
+    """
+    try:
+        return explainer_class(str(name)) if name else None
+    except (ValueError, ImportError):
+        return None
 
 
 def get_explainer(name: str, classifier: Classifier, **params: Any) -> Explainer:

@@ -64,13 +64,23 @@ batch: per iteration ONE batched forward and backward (in chunks of
 them. The noisy copies of an image are forwarded once for all targets and both
 layers, and their per-target gradients come from one vmapped backward.
 
-Diagnostics. Each :meth:`CCE.explain_stages` / :meth:`CCE.contrast` call keeps, per
-target or pair, a JSON record of its counterfactuals in ``last_diagnostics``
-(:mod:`cwox.online.diagnostics`): the L2 norms of the perturbations against epsilon,
+Diagnostics. Each :meth:`CCE.base_role` / :meth:`CCE.contrast_role` call returns, per
+target or pair, a JSON record of its counterfactuals in ``Answer.diagnostics`` (kind
+:data:`CCE_RECORDS`): the L2 norms of the perturbations against epsilon,
 the top class and ``Z_P`` (``Z_Q``) before and at each counterfactual, and how many
 counterfactuals changed the top class or made the model prefer Q. All of it comes
 from the forwards the maps run anyway (the counterfactuals' logits are those of
-the Eq. 3-4 pass), so it costs no extra pass.
+the Eq. 3-4 pass), so it costs no extra pass. A record's fields:
+
+``"cce_counterfactuals"`` (:func:`cce_record`), CCE Eq. 1 (no foil) and Eq. 2
+    ``stage``, ``fact``, ``foil`` (``None`` for "why P"), ``epsilon``, ``l2`` (the
+    ``N`` perturbation norms on the [0, 1] image, each ``<= epsilon``),
+    ``top1_before``, ``top1_after`` (per counterfactual), ``changed_top1`` (how
+    many changed the top class), ``reached_foil`` (how many made the model
+    prefer Q to P; ``None`` without a foil), ``fact_logit_before``/``_after`` and
+    ``foil_logit_before``/``_after`` (``Z_P``, ``Z_Q`` of the objective: a
+    compound class's logit is the logsumexp of its members', CWOX Sec. 4.1),
+    ``fact_prob_before``/``_after``, ``foil_prob_before``/``_after``, ``names``.
 """
 
 from __future__ import annotations
@@ -81,8 +91,19 @@ from typing import Any
 
 import torch
 from cwox.online.compose import normalize_maps
-from cwox.online.diagnostics import CCE_KEY, cce_record, target_json
+from cwox.online.diagnostics import (
+    RecordKind,
+    Table,
+    class_ids,
+    class_names_json,
+    plural,
+    question_text,
+    record_names,
+    target_json,
+    target_text,
+)
 from cwox.online.explainers.base import (
+    Answer,
     Explainer,
     capture_activations,
     check_activations,
@@ -95,6 +116,62 @@ from PIL import Image
 
 from cwox.core.batching import batch_slices
 from cwox.core.models import Classifier
+from cwox.core.progress import progress
+
+CCE_KEY = "cce_counterfactuals"
+
+
+def cce_record(stage: str, summary: Mapping[str, Any], class_names: Sequence[str]) -> dict[str, Any]:
+    """The record of one CCE question at ``stage``; ``summary`` holds every other field but ``names``."""
+    record = {"stage": stage, **summary}
+    ids = class_ids(record["fact"], record.get("foil"), record["top1_before"], record["top1_after"])
+    record["names"] = class_names_json(ids, class_names)
+    return record
+
+
+def _cce_warning(record: Mapping[str, Any], names: Mapping[str, str] | None) -> str | None:
+    if record.get("foil") is None or record.get("reached_foil") is None or int(record["reached_foil"]) > 0:
+        return None
+    names = record_names(record, names)
+    n = len(record.get("l2") or [])
+    return (
+        f"CCE: none of the {plural(n, 'counterfactual')} of '{question_text(record, names)}' "
+        f"({record.get('stage')} stage) made the model prefer {target_text(record['foil'], names)} "
+        f"within the L2 bound epsilon={float(record['epsilon']):g}; the map compares perturbations "
+        "that moved towards the foil without reaching it"
+    )
+
+
+def _cce_warnings(records: Sequence[Mapping[str, Any]], names: Mapping[str, str] | None) -> list[str]:
+    """One sentence per contrast none of whose counterfactuals made the model prefer the foil."""
+    return [w for r in records if (w := _cce_warning(r, names))]
+
+
+def _cce_table(records: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> Table:
+    """One row per question: the largest L2 norm against epsilon, top-class changes, foils
+    reached; a contrast none of whose counterfactuals reached the foil is a bad row."""
+    rows = []
+    for r in records:
+        l2 = [float(v) for v in r.get("l2") or [] if v is not None]
+        n = len(r.get("l2") or [])
+        reached = r.get("reached_foil")
+        missed = reached is not None and int(reached) == 0
+        rows.append((
+            missed,
+            [
+                (question_text(r, names), False),
+                (str(r.get("stage")), False),
+                (f"{max(l2, default=float('nan')):.3g} / {float(r.get('epsilon') or float('nan')):g}", False),
+                (f"{r.get('changed_top1')} of {n}", False),
+                ("-" if reached is None else f"{reached} of {n}", missed),
+            ],
+        ))
+    return Table("CCE counterfactuals",
+                 ("question", "stage", "max L2 / epsilon", "top class changed", "reached foil"), rows)
+
+
+#: CCE's diagnostics: one record per question (Eq. 1 or 2), its counterfactuals.
+CCE_RECORDS = RecordKind(CCE_KEY, _cce_warnings, _cce_table)
 
 #: The maps one question yields; ``base_map`` / ``contrast_map`` pick one of them.
 MAP_KINDS = ("positive", "negative", "mixed")
@@ -162,6 +239,9 @@ class CCE(Explainer):
     """
 
     supports_contrast = True
+    question_maps = ("positive", "negative")
+    other_image = True
+    records = (CCE_RECORDS,)
     #: The maps are already min-max normalised into [0, 1] (Sec. 3.3).
     default_normalization = "none"
     default_support = 50.0
@@ -244,34 +324,30 @@ class CCE(Explainer):
 
     # ---- the two roles -----------------------------------------------------------
 
-    def explain_stages(
-        self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]
-    ) -> dict[str, torch.Tensor]:
+    def base_role(self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]) -> Answer:
         """Maps for several stages; a target asked at both stages shares its counterfactuals.
 
-        ``last_diagnostics["cce_counterfactuals"]`` gets one record per (stage,
-        target), stage by stage (:func:`cwox.online.diagnostics.cce_record`): the
-        counterfactuals of Eq. (1), their L2 norms and what they did to the logits.
+        ``Answer.diagnostics["cce_counterfactuals"]`` holds one record per (stage,
+        target), stage by stage (:func:`cce_record`): the counterfactuals of
+        Eq. (1), their L2 norms and what they did to the logits.
         """
-        self.last_diagnostics = {}
         x = self.prepare(image)
         wanted = self.checked_requests(requests)
         if not wanted:
-            return {}
+            return Answer({})
         ((_, union, rows),) = stage_groups(wanted)  # counterfactuals do not depend on the stage
         layers = list(dict.fromkeys(self.layers[s] for s in wanted))
         maps, summaries = self._answer(x.unsqueeze(0), [Question(t) for t in union], layers)
-        self._record({s: [summaries[i] for i in r] for s, r in rows.items()})
-        return {s: maps[self.layers[s]][self.base_map][r] for s, r in rows.items()}
+        return Answer({s: maps[self.layers[s]][self.base_map][r] for s, r in rows.items()},
+                      diagnostics=self._records({s: [summaries[i] for i in r] for s, r in rows.items()}))
 
-    def contrast_stage(
+    def contrast_role(
         self, image: torch.Tensor | Image.Image, pairs: Sequence[tuple[Target, Target]], stage: str
-    ) -> torch.Tensor:
+    ) -> Answer:
         """``contrast_map`` of "why P rather than Q?" (Eq. 2) per (P, Q) pair, ``P x H x W``.
 
-        ``last_diagnostics["cce_counterfactuals"]`` gets one record per pair, in order.
+        ``Answer.diagnostics["cce_counterfactuals"]`` holds one record per pair, in order.
         """
-        self.last_diagnostics = {}
         x = self.prepare(image)
         if isinstance(pairs, tuple) and len(pairs) == 2 and not isinstance(pairs[0], tuple):
             raise TypeError("pairs must be a sequence of (fact, foil) tuples, e.g. [(281, 282)]")
@@ -280,13 +356,12 @@ class CCE(Explainer):
             raise ValueError("no (fact, foil) pairs given")
         layer = self.layers[stage]
         maps, summaries = self._answer(x.unsqueeze(0), questions, [layer])
-        self._record({stage: summaries})
-        return maps[layer][self.contrast_map]
+        return Answer({stage: maps[layer][self.contrast_map]}, diagnostics=self._records({stage: summaries}))
 
-    def _record(self, by_stage: Mapping[str, Sequence[dict[str, Any]]]) -> None:
-        """Keep the summaries of the questions asked at each stage as ``last_diagnostics``."""
+    def _records(self, by_stage: Mapping[str, Sequence[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+        """The diagnostics of the questions asked at each stage, from their summaries."""
         names = self.classifier.class_names
-        self.last_diagnostics = {
+        return {
             CCE_KEY: [cce_record(stage, summary, names) for stage, summaries in by_stage.items() for summary in summaries]
         }
 
@@ -455,7 +530,7 @@ class CCE(Explainer):
             f_m, q_m, r_m, has_q = fact[sl], foil_lse[sl], rest[sl].float(), has_foil[sl]
             n_rest = r_m.sum(1).clamp_min(1.0)
             delta = deltas[sl]
-            for _ in range(self.iterations):
+            for _ in progress(range(self.iterations), desc="CCE counterfactual steps", unit="step"):
                 delta.requires_grad_(True)
                 with torch.enable_grad():
                     z = module(self._normalize(base + delta)).float()

@@ -88,10 +88,25 @@ Contrast role (``supports_contrast``): "P rather than Q" is the signed map
 evidence for Q it had to bring in). When the model prefers Q to P on the image,
 the counterfactual runs the other way (Q into P) and the map is
 ``M_dom - M_inv`` of that run, so positive is always "for P". Each pair's loop
-report (steps, flipped or why it stopped, candidate pool) is kept as a JSON record
-in ``last_diagnostics`` (:mod:`cwox.online.diagnostics`), which the engine copies into
+report (steps, flipped or why it stopped, candidate pool) comes back as a JSON record
+in ``Answer.diagnostics`` (kind :data:`FGVCE_RECORDS`), which the engine copies into
 ``Explanation.diagnostics``: a map from a loop that did not flip is the map of a
-failed search, and ``Explanation.warnings()`` says so.
+failed search, and ``Explanation.warnings()`` says so. A record's fields:
+
+``"fgvce_counterfactuals"`` (:func:`fgvce_record`), FG-VCE Sec. 3.2, Eq. 5-9
+    ``stage``, ``fact``, ``foil`` (class ids: an int, or a sorted list for a
+    compound class), ``reversed`` (the model prefers the foil, so the loop turned
+    the foil into the fact), ``layer`` (where features were replaced), the loop's
+    ``source`` and ``goal``, ``steps``, ``max_steps``, ``flipped``, ``criterion``
+    (``"top1"``/``"pair"``), ``stopped`` (``"flipped"``, ``"step limit"``, ``"no
+    position left"``, ``"no candidates"``), ``pool`` (``"goal"``, or ``"all"``
+    when the bank has no image of the goal), ``top1_before``, ``top1_after``,
+    ``source_prob_start``/``_end``, ``goal_prob_start``/``_end``, ``positions``
+    (``[row, col]`` replaced, in order), ``candidates`` (bank rows),
+    ``candidate_classes``, and ``names`` (class id as a string -> class name, for
+    every id above but the candidates). Pairs that share one loop ("C_1 rather
+    than C_2" and "C_2 rather than C_1") share everything but ``fact``, ``foil``
+    and ``reversed``.
 """
 
 from __future__ import annotations
@@ -104,18 +119,35 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from cwox.online.diagnostics import FGVCE_KEY, fgvce_record, target_json
-from cwox.online.explainers.base import Explainer, register, stage_groups, upsample
+from cwox.online.diagnostics import (
+    RecordKind,
+    Table,
+    class_ids,
+    class_names_json,
+    plural,
+    question_text,
+    record_names,
+    target_json,
+    target_text,
+)
+from cwox.online.explainers.base import Answer, Explainer, register, stage_groups, upsample
 from cwox.online.targets import Target, as_target, members, membership_matrix
 from cwox.store.reference_bank import ReferenceBank, load_reference_bank
 from PIL import Image
 
 from cwox.core.batching import batch_slices
 from cwox.core.models import Classifier
+from cwox.core.progress import progress
 from cwox.core.split import ModelSplit, split_at
 
 __all__ = [
     "FGVCE",
+    "FGVCE_KEY",
+    "FGVCE_RECORDS",
+    "BANK_KEY",
+    "bank_record",
+    "bank_text",
+    "fgvce_record",
     "CounterfactualReport",
     "partition_kernels",
     "partition_probabilities",
@@ -126,6 +158,184 @@ __all__ = [
 DEFAULT_SIGMA = 0.8
 #: Step limit of the replacement loop (Sec. 4.1).
 DEFAULT_MAX_STEPS = 100
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+FGVCE_KEY = "fgvce_counterfactuals"
+
+#: Why an FG-VCE loop stopped without a flip, as a sentence part.
+_STOP_REASONS = {
+    "step limit": "step limit reached",
+    "no position left": "no position left to replace",
+    "no candidates": "no candidates",
+}
+
+
+def fgvce_record(
+    stage: str,
+    fact: Target,
+    foil: Target,
+    backwards: bool,
+    layer: str,
+    report: Mapping[str, Any],
+    class_names: Sequence[str],
+) -> dict[str, Any]:
+    """The record of one FG-VCE contrast pair: its replacement loop (Sec. 3.2, Eq. 5-9).
+
+    ``report`` is the loop's ``CounterfactualReport.as_dict()``; ``backwards``: the
+    loop turned the foil into the fact (the model prefers the foil).
+    """
+    source_probs, goal_probs = report["source_probs"], report["goal_probs"]
+    record = {
+        "stage": stage,
+        "fact": target_json(fact),
+        "foil": target_json(foil),
+        "reversed": bool(backwards),
+        "layer": layer,
+        "source": report["source"],
+        "goal": report["goal"],
+        "steps": int(report["steps"]),
+        "max_steps": int(report["max_steps"]),
+        "flipped": bool(report["flipped"]),
+        "criterion": report["criterion"],
+        "stopped": report["stopped"],
+        "pool": report["pool"],
+        "top1_before": int(report["top1_before"]),
+        "top1_after": int(report["top1_after"]),
+        "source_prob_start": float(source_probs[0]),
+        "source_prob_end": float(source_probs[-1]),
+        "goal_prob_start": float(goal_probs[0]),
+        "goal_prob_end": float(goal_probs[-1]),
+        "positions": [[int(r), int(c)] for r, c in report["positions"]],
+        "candidates": [int(c) for c in report["candidates"]],
+        "candidate_classes": [int(c) for c in report["candidate_classes"]],
+    }
+    ids = class_ids(record["fact"], record["foil"], record["top1_before"], record["top1_after"])
+    record["names"] = class_names_json(ids, class_names)
+    return record
+
+
+def _fgvce_warning(record: Mapping[str, Any], names: Mapping[str, str] | None) -> str | None:
+    flipped, all_pool = bool(record.get("flipped")), record.get("pool") == "all"
+    if flipped and not all_pool:
+        return None
+    names = record_names(record, names)
+    run = ""
+    if record.get("reversed"):
+        run = (
+            f", run from {target_text(record['source'], names)} to {target_text(record['goal'], names)}"
+            " since the model prefers the foil"
+        )
+    head = f"FG-VCE: the counterfactual '{question_text(record, names)}' ({record.get('stage')} stage{run})"
+    goal = target_text(record["goal"], names)
+    any_of = "" if isinstance(record["goal"], int) else "any of "
+    bank = f"the reference bank has no image of {any_of}{goal}, so candidates came from every class"
+    if flipped:
+        return f"{head} flipped in {plural(int(record['steps']), 'step')}, but {bank}"
+    stopped = str(record.get("stopped") or "step limit")
+    parts = [
+        f"{head} did not flip within {plural(int(record['steps']), 'step')} "
+        f"({_STOP_REASONS.get(stopped, stopped)}); its map comes from a failed search"
+    ]
+    if all_pool:
+        parts.append(bank)
+    return "; ".join(parts)
+
+
+def _fgvce_warnings(records: Sequence[Mapping[str, Any]], names: Mapping[str, str] | None) -> list[str]:
+    """A summary when some loops did not flip, then a sentence per pair whose loop did not
+    flip or drew its candidates from every class (the bank holds no image of the goal)."""
+    out = []
+    failed = sum(not r.get("flipped") for r in records)
+    if failed:
+        out.append(
+            f"FG-VCE: {failed} of {plural(len(records), 'counterfactual')} did not flip the prediction; "
+            "their contrast maps come from failed searches."
+        )
+    out.extend(w for r in records if (w := _fgvce_warning(r, names)))
+    return out
+
+
+def _fgvce_table(records: Sequence[Mapping[str, Any]], names: Mapping[str, str]) -> Table:
+    """One row per pair: question, stage, steps, flipped, stopped, pool; a loop that did
+    not flip is a bad row, a pool of every class a bad cell."""
+    failed = sum(not r.get("flipped") for r in records)
+    rows = [
+        (
+            not r.get("flipped"),
+            [
+                (question_text(r, names), False),
+                (str(r.get("stage")), False),
+                (f"{r.get('steps')} / {r.get('max_steps')}", False),
+                ("yes" if r.get("flipped") else "no", not r.get("flipped")),
+                (str(r.get("stopped")), False),
+                (str(r.get("pool")), r.get("pool") == "all"),
+            ],
+        )
+        for r in records
+    ]
+    return Table(f"FG-VCE counterfactuals ({failed} of {len(records)} did not flip)",
+                 ("question", "stage", "steps", "flipped", "stopped", "pool"), rows)
+
+
+#: FG-VCE's diagnostics: one record per contrast pair, its replacement loop (Sec. 3.2, Eq. 5-9).
+FGVCE_RECORDS = RecordKind(FGVCE_KEY, _fgvce_warnings, _fgvce_table)
+
+#: The reference bank FG-VCE's counterfactuals drew from, and its limits (:func:`bank_record`).
+BANK_KEY = "reference_bank"
+
+
+def bank_record(
+    name: str, summary: Mapping[str, Any], present: Iterable[int], asked: Iterable[int], class_names: Sequence[str]
+) -> dict[str, Any]:
+    """The bank behind FG-VCE's counterfactuals (FG-VCE Sec. 3.2) and what it lacks for this question.
+
+    Args:
+        name: how the user knows the bank (``"default"`` or the path given).
+        summary: :meth:`cwox.store.reference_bank.ReferenceBank.summary`.
+        present: the classes the bank holds an image of.
+        asked: the classes of this image's questions (facts and foils).
+        class_names: the model's class names.
+
+    Returns:
+        ``name``, ``images``, ``candidates``, ``classes`` (how many have an image),
+        ``n_classes`` (the model's), ``asked``, ``missing`` (asked classes with no
+        image: a loop towards one of them draws candidates from every class) and ``names``.
+    """
+    have = {int(c) for c in present}
+    wanted = sorted({int(c) for c in asked})
+    return {
+        "name": str(name),
+        "images": int(summary.get("images", 0)),
+        "candidates": int(summary.get("candidates", 0)),
+        "classes": len(have),
+        "n_classes": len(class_names),
+        "label_source": summary.get("label_source"),
+        "asked": wanted,
+        "missing": [c for c in wanted if c not in have],
+        "names": class_names_json(wanted, class_names),
+    }
+
+
+def bank_text(record: Mapping[str, Any]) -> str:
+    """One sentence on a :func:`bank_record`: its size and the asked classes it has no image of."""
+    names = record.get("names") or {}
+    head = (
+        f"FG-VCE reference bank {record['name']}: {plural(int(record['images']), 'image')} of "
+        f"{record['classes']} of {record['n_classes']} classes ({int(record['candidates'])} candidate features)"
+    )
+    missing = [names.get(str(c), str(c)) for c in record.get("missing") or []]
+    if not missing:
+        return head + "; it has images of every class asked about"
+    return (
+        f"{head}; no image of {', '.join(missing)}: a counterfactual towards "
+        f"{'it' if len(missing) == 1 else 'one of them'} draws candidates from every class"
+    )
+
+
+#: The bank behind the counterfactuals, a note in the report (:func:`bank_text`).
+BANK_RECORDS = RecordKind(BANK_KEY, notes=lambda records: [bank_text(r) for r in records])
 
 
 # --------------------------------------------------------------------------- partition (Eq. 1-4)
@@ -169,7 +379,7 @@ def partition_probabilities(
     b, k = h.shape[0], kernels.shape[0]
     p_h = torch.cat([torch.softmax(rest(h[sl]).float(), -1) for sl in batch_slices(b, batch_size)])
     out = []
-    for sl in batch_slices(b * k, batch_size):
+    for sl in progress(batch_slices(b * k, batch_size), total=b * k, desc="FG-VCE partitions", unit="map"):
         idx = torch.arange(sl.start, sl.stop, device=h.device)
         maps = h[idx // k] * kernels[idx % k].unsqueeze(1)
         out.append(torch.softmax(rest(maps).float(), -1))
@@ -277,6 +487,10 @@ class FGVCE(Explainer):
     """
 
     supports_contrast = True
+    contrast_requires = "a reference bank"
+    question_maps = ("invariant", "dominant")
+    records = (FGVCE_RECORDS, BANK_RECORDS)
+    cli_options = {"--reference-bank": "reference_bank"}
     #: Shapley values are probability differences, centred at 0: subtract as they are.
     default_normalization = "none"
     default_support = 50.0
@@ -365,20 +579,17 @@ class FGVCE(Explainer):
 
     # ---- base role: saliency partition --------------------------------------------
 
-    def explain_stages(
-        self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]
-    ) -> dict[str, torch.Tensor]:
+    def base_role(self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]) -> Answer:
         """Maps for several stages; stages on the same layer share one set of partitions.
 
-        The base role runs no counterfactual: ``last_diagnostics`` becomes empty.
+        The base role runs no counterfactual: no diagnostics.
         """
-        self.last_diagnostics = {}
         x = self.prepare(image)
         out: dict[str, torch.Tensor] = {}
         for layer, union, rows in stage_groups(self.checked_requests(requests), self.layers.__getitem__):
             maps = self._upsample(self._layer_saliency(x, layer, union), x.shape[-2:])
             out.update({s: maps[r] for s, r in rows.items()})
-        return out
+        return Answer(out)
 
     def grid_saliency(
         self, image: torch.Tensor | Image.Image, targets: Sequence[Target | Iterable[int]], *, stage: str = "cluster"
@@ -405,21 +616,20 @@ class FGVCE(Explainer):
 
     # ---- contrast role and the direct question --------------------------------------
 
-    def contrast_stage(
+    def contrast_role(
         self, image: torch.Tensor | Image.Image, pairs: Sequence[tuple[Target, Target]], stage: str
-    ) -> torch.Tensor:
+    ) -> Answer:
         """Signed "fact rather than foil" maps ``P x H x W`` from counterfactuals (see the module doc).
 
         Every pair runs its replacement loop at the bank's layer (the paper
         replaces features of the last convolutional layer only, so both stages
         use it); the loops of all pairs share their batches.
 
-        ``last_diagnostics["fgvce_counterfactuals"]`` gets one record per pair, in
-        order (:func:`cwox.online.diagnostics.fgvce_record`): the loop's
+        ``Answer.diagnostics["fgvce_counterfactuals"]`` holds one record per pair, in
+        order (:func:`fgvce_record`): the loop's
         :class:`CounterfactualReport` (Eq. 5-9), whether it flipped, why it
         stopped, whether its candidates came from the goal's classes.
         """
-        self.last_diagnostics = {}
         x = self.prepare(image)
         checked = [self._check_pair(fact, foil) for fact, foil in pairs]
         if not checked:
@@ -446,8 +656,7 @@ class FGVCE(Explainer):
                     stage, fact, foil, backwards, self.bank.layer, res["report"].as_dict(), self.classifier.class_names
                 )
             )
-        self.last_diagnostics = {FGVCE_KEY: records}
-        return torch.stack(maps)
+        return Answer({stage: torch.stack(maps)}, diagnostics={FGVCE_KEY: records})
 
     def why(
         self, image: torch.Tensor | Image.Image, fact: Target | Iterable[int], foil: Target | Iterable[int] | None = None
@@ -573,7 +782,7 @@ class FGVCE(Explainer):
         for i in done.nonzero().flatten().tolist():
             reports[i].flipped, reports[i].stopped = True, "flipped"
         s_t = s0_src
-        for _step in range(self.max_steps):
+        for _step in progress(range(self.max_steps), desc="FG-VCE replacement steps", unit="step"):
             active = (~done).nonzero().flatten()
             if active.numel() == 0:
                 break

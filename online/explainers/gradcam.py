@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 from cwox.online.explainers.base import (
+    Answer,
     Explainer,
     ExplainSession,
     capture_activations,
@@ -83,12 +84,10 @@ class GradCAM(Explainer):
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), **self._layer_settings()}
 
-    def explain_stages(
-        self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]
-    ) -> dict[str, torch.Tensor]:
+    def base_role(self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]) -> Answer:
         """Maps for several stages from ONE forward pass (both layers hooked at once)."""
         with self.session(image) as session:
-            return session.explain_stages(requests)
+            return session.base_role(requests)
 
     def session(self, image: torch.Tensor | Image.Image) -> GradCAMSession:
         """Run the one forward (with its graph) that both the top-K and all maps use."""
@@ -148,14 +147,14 @@ class GradCAMSession(ExplainSession):
         self.logits = None
         self.acts = {}
 
-    def explain_stages(self, requests: Mapping[str, Sequence[Target]]) -> dict[str, torch.Tensor]:
+    def base_role(self, requests: Mapping[str, Sequence[Target]]) -> Answer:
         """Grad-CAM maps of every stage's targets from this session's forward."""
         ex = self.gradcam
         if self.logits is None:
             raise RuntimeError("this Grad-CAM session is closed")
         wanted = ex.checked_requests(requests)
         if not wanted:
-            return {}
+            return Answer({})
         layers = list(dict.fromkeys(ex.layers[s] for s in wanted))
         activations = [self.acts[name] for name in layers]
         ((_, union, rows),) = stage_groups(wanted)  # every stage shares the one forward
@@ -183,4 +182,4 @@ class GradCAMSession(ExplainSession):
             act = activations[li][0].detach().float()
             cams = torch.einsum("tc,chw->thw", weights, act)  # H_t = sum_k alpha_t[k] A[k]
             out[stage] = upsample(cams, self.image.shape[-2:])
-        return out
+        return Answer(out)

@@ -39,12 +39,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from cwox.online.explainers.base import Explainer, register, stage_groups
+from cwox.online.explainers.base import Answer, Explainer, register, stage_groups
 from cwox.online.targets import Target, membership_matrix
 from PIL import Image
 
 from cwox.core.batching import batch_slices
 from cwox.core.models import Classifier
+from cwox.core.progress import progress
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class RISE(Explainer):
         batch_size: masked images per forward pass (bounds memory).
     """
 
+    cli_options = {"--n-masks": "n_masks"}
     #: RISE maps sit at the level of the target's probability; the CWOX public
     #: code min-max normalises them before subtracting, and so do we.
     default_normalization = "minmax"
@@ -158,16 +160,14 @@ class RISE(Explainer):
             "shared_stages": self.shared_stages,
         }
 
-    def explain_stages(
-        self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]
-    ) -> dict[str, torch.Tensor]:
+    def base_role(self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]) -> Answer:
         """Maps for several stages; stages with the same mask setup share one set of passes."""
         x = self.prepare(image)
         out: dict[str, torch.Tensor] = {}
         for setup, union, rows in stage_groups(self.checked_requests(requests), self.setups.__getitem__):
             maps = self._saliency(x, union, setup)
             out.update({s: maps[r] for s, r in rows.items()})
-        return out
+        return Answer(out)
 
     @torch.no_grad()
     def _saliency(self, x: torch.Tensor, targets: list[Target], setup: MaskSetup) -> torch.Tensor:
@@ -176,7 +176,7 @@ class RISE(Explainer):
         masks = MaskSet(setup, (h, w), self.device)
         member = membership_matrix(targets, self.classifier.n_classes, self.device)  # T x C
         sal = torch.zeros(len(targets), h * w, device=self.device)
-        for sl in batch_slices(len(masks), self.batch_size):
+        for sl in progress(batch_slices(len(masks), self.batch_size), total=len(masks), desc="RISE masks", unit="mask"):
             m = masks.batch(sl)  # B x H x W
             probs = self.classifier.probabilities(x.unsqueeze(0) * m.unsqueeze(1))  # B x C
             scores = probs.float() @ member.T  # B x T: P_t(x * M_i), compound = sum

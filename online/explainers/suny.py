@@ -70,8 +70,8 @@ Roles. Base role (:meth:`SUNY.explain`): one importance map per target,
 sufficiency on two axes with one-dimensional "importance" on the diagonal
 ``y = x``; the mean of the two min-max normalised maps is the projection on that
 diagonal, gives both perspectives the same weight (its Table 1 "SUNY" row scores
-the two together) and stays in [0, 1]. Both maps are kept in
-:attr:`SUNY.last_extra_maps`. Contrast role (:meth:`SUNY.contrast`, "P rather
+the two together) and stays in [0, 1]. Both maps come back as the call's
+``Answer.extra_maps``. Contrast role (:meth:`SUNY.contrast`, "P rather
 than Q"): the outcome becomes the log-odds ``g = log p_P - log p_Q`` (compound
 ``P`` / ``Q`` as sums of probabilities), and the effects are its changes,
 ``E_N(F_*) = g(I) - g(do(F \\ F_*))`` and ``E_S(F_*) = g(do(F_*)) - g(I)``: the
@@ -90,6 +90,7 @@ from typing import Any
 import torch
 from cwox.online.compose import normalize_maps
 from cwox.online.explainers.base import (
+    Answer,
     Explainer,
     capture_activations,
     register,
@@ -101,6 +102,7 @@ from PIL import Image
 
 from cwox.core.batching import batch_slices
 from cwox.core.models import Classifier
+from cwox.core.progress import progress
 from cwox.core.split import ModelSplit, split_at
 
 #: Hypothesised cause types of Alg. 1: feature maps as input masks, or filters pruned.
@@ -249,7 +251,7 @@ class _Interventions:
         """Full logits ``len(keys) x n_classes`` of the coalitions, new ones run in batches."""
         missing = sorted({k for k in keys if k not in self.cache}, key=lambda k: (len(k[1]), k))
         bs = self.explainer.batch_size
-        for sl in batch_slices(len(missing), bs):
+        for sl in progress(batch_slices(len(missing), bs), total=len(missing), desc="SUNY interventions", unit="pass"):
             chunk = missing[sl]
             width = max(1, max(len(ids) for _, ids in chunk))
             idx = torch.full((len(chunk), width), -1, dtype=torch.long)
@@ -317,14 +319,15 @@ class SUNY(Explainer):
 
     Attributes:
         forward_passes: intervened images fed to the model so far.
-        last_extra_maps: named ``n x H x W`` maps of the last call, in the order
-            of its targets / pairs: ``necessity_<stage>`` and ``sufficiency_<stage>``
-            after :meth:`explain` / :meth:`explain_stages` (which start a fresh
-            dict), ``contrast_necessity_<stage>`` / ``contrast_sufficiency_<stage>``
-            added by :meth:`contrast`. For ``Explanation.extra_maps``.
+
+    Each call's ``Answer.extra_maps`` holds named ``n x H x W`` maps in the order of
+    its targets / pairs: ``necessity_<stage>`` and ``sufficiency_<stage>`` from
+    :meth:`base_role`, ``contrast_necessity_<stage>`` / ``contrast_sufficiency_<stage>``
+    from :meth:`contrast_role` (for ``Explanation.extra_maps``).
     """
 
     supports_contrast = True
+    question_maps = ("sufficiency", "necessity")
     #: The importance map is a mean of two [0, 1] maps; rescale it to [0, 1] before subtracting.
     default_normalization = "minmax"
     #: CAM-like maps (ReLU of a weighted sum of feature maps), like Grad-CAM's median support.
@@ -356,7 +359,6 @@ class SUNY(Explainer):
         self.n_samples = int(n_samples)
         self.seed = int(seed)
         self.forward_passes = 0
-        self.last_extra_maps: dict[str, torch.Tensor] = {}
         self._runs: dict[str, _Interventions] = {}
 
     def settings(self) -> dict[str, Any]:
@@ -375,32 +377,29 @@ class SUNY(Explainer):
 
     # ---- the two roles ---------------------------------------------------------------
 
-    def explain_stages(
-        self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]
-    ) -> dict[str, torch.Tensor]:
+    def base_role(self, image: torch.Tensor | Image.Image, requests: Mapping[str, Sequence[Target]]) -> Answer:
         """Importance maps per stage; stages on the same layer share one analysis of all their targets."""
         x = self.prepare(image)
         wanted = self.checked_requests(requests)
-        self.last_extra_maps = {}
         out: dict[str, torch.Tensor] = {}
+        extra: dict[str, torch.Tensor] = {}
         for layer, union, stage_rows in stage_groups(wanted, self.layers.__getitem__):
             res = self._analyse(x, layer, union, None)
             for s, r in stage_rows.items():
                 rows = torch.as_tensor(r, dtype=torch.long, device=x.device)
                 out[s] = res.importance[rows]
-                self.last_extra_maps[f"necessity_{s}"] = res.necessity[rows]
-                self.last_extra_maps[f"sufficiency_{s}"] = res.sufficiency[rows]
-        return out
+                extra[f"necessity_{s}"] = res.necessity[rows]
+                extra[f"sufficiency_{s}"] = res.sufficiency[rows]
+        return Answer(out, extra_maps=extra)
 
-    def contrast_stage(
+    def contrast_role(
         self, image: torch.Tensor | Image.Image, pairs: Sequence[tuple[Target, Target]], stage: str
-    ) -> torch.Tensor:
+    ) -> Answer:
         """"P rather than Q" importance maps ``P x H x W``: SUNY on the log-odds ``log p_P - log p_Q``."""
         facts, foils = self._check_pairs(pairs)
         res = self._analyse(self.prepare(image), self.layers[stage], facts, foils)
-        self.last_extra_maps[f"contrast_necessity_{stage}"] = res.necessity
-        self.last_extra_maps[f"contrast_sufficiency_{stage}"] = res.sufficiency
-        return res.importance
+        extra = {f"contrast_necessity_{stage}": res.necessity, f"contrast_sufficiency_{stage}": res.sufficiency}
+        return Answer({stage: res.importance}, extra_maps=extra)
 
     # ---- the direct question -------------------------------------------------------
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from cwox.core.batching import batch_slices
 from cwox.core.devices import default_batch_size
+from cwox.core.progress import progress
 
 #: ``model`` is anything mapping a normalised ``B x C x H x W`` batch to ``B x K`` logits.
 Model = Callable[[torch.Tensor], torch.Tensor]
@@ -286,7 +287,7 @@ def perturbation_set_probs(
     outputs = []
     indicator = None
     with eval_mode(model):
-        for s in batch_slices(unique_keys.numel(), batch_size):
+        for s in progress(batch_slices(unique_keys.numel(), batch_size), total=unique_keys.numel(), desc="metric passes", unit="pass"):
             mask = ranks[u_map[s]] < u_count[s, None]  # B x n
             batch = torch.where(mask.view(-1, 1, *shape[1:]), end, start)
             probs = torch.softmax(_logits_of(model, batch).double(), dim=-1)
