@@ -13,8 +13,9 @@ part on CUDA).
 
 ``--against quantus`` instead times the single-class deletion curve against Quantus's
 ``PixelFlipping`` (same model, photos, heatmaps, step and substrate; values checked equal),
-per image: ``python benchmarks/bench_metrics.py --against quantus --step 64 --images 2``
-(Quantus is in the ``bench`` extra: ``pip install -e .[bench]``).
+per image: ``python benchmarks/bench_metrics.py --against quantus --step 256 --images 2``
+(Quantus is in the ``bench`` extra: ``pip install -e .[bench]``; ``--step`` must divide
+192 * 192 / 3 = 12288).
 """
 
 from __future__ import annotations
@@ -149,13 +150,16 @@ def quantus_side_by_side(n_images: int, step: int, batch_size: int | None, devic
     """The single-class deletion curve (pixel flipping) of cwox and of Quantus, side by side.
 
     Same model (EfficientNet-Lite0), the same ``n_images`` scikit-image photos, the same
-    heatmaps (the smoothed input-gradient map of the top class, as above), the same curve:
+    heatmaps (the smoothed input-gradient map of the top class against the rest of the top
+    5, as above), the same curve:
     the top class's softmax probability after deleting the ``k * step`` most salient
     pixels, ``k = 1 .. n / step``, deleted pixels set to 0 in the normalised input (cwox's
     ``"zero"`` substrate; Quantus's ``PixelFlipping`` with ``perturb_baseline=0.0`` and
     ``features_in_step = 3 * step``: it ranks the map broadcast over the 3 channels, so 3
     features are one pixel; the maps have no ties, so each step deletes whole pixels).
-    Both are timed in this process after one untimed warm-up each, alternating (cwox,
+    The images are the central 192 x 192 of the 224 crops (Quantus's step must divide
+    H * W, and whole pixels need steps of 3 elements). Both are timed in this process
+    after one untimed warm-up each, alternating (cwox,
     Quantus, cwox, Quantus) and keeping each one's best; the curves must agree to 1e-4.
     """
     import quantus
@@ -165,13 +169,19 @@ def quantus_side_by_side(n_images: int, step: int, batch_size: int | None, devic
     clf = load_model("efficientnet_lite0").to(device)
     model = clf.module
     names = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field")[:n_images]
-    images = torch.stack([clf.preprocess(Image.fromarray(getattr(skimage.data, nm)())) for nm in names]).to(device)
+    # Quantus ranks the map broadcast over the 3 channels and needs its step to divide
+    # H * W; whole pixels per step need a step of 3 * k elements, so H * W must be a
+    # multiple of 3: the central 192 x 192 of the 224 crop (the network pools globally).
+    images = torch.stack([clf.preprocess(Image.fromarray(getattr(skimage.data, nm)())) for nm in names])
+    images = images[..., 16:208, 16:208].contiguous().to(device)
     with torch.inference_mode():
-        top = model(images).argmax(1).tolist()
-    maps = torch.cat([gradient_maps(model, images[i], [([top[i]], [top[i]])]) for i in range(len(names))])
+        top5 = model(images).topk(5, dim=1).indices.tolist()
+    top = [t[0] for t in top5]
+    # the map of (top class, rest of the top-5), as the CAUC benchmark above draws them
+    maps = torch.cat([gradient_maps(model, images[i], [([t[0]], t[1:])]) for i, t in enumerate(top5)])
     n = maps.shape[1] * maps.shape[2]
-    if n % step:
-        raise SystemExit(f"--step must divide the {n} pixels so that both curves have the same points")
+    if n % (3 * step):
+        raise SystemExit(f"3 x --step must divide the {n} pixels so that both curves have the same points")
     bs = batch_size or default_batch_size(device)
     metric = quantus.PixelFlipping(features_in_step=3 * step, perturb_baseline=0.0, normalise=False,
                                    abs=False, disable_warnings=True, display_progressbar=False)
@@ -228,7 +238,8 @@ def main() -> None:
     parser.add_argument("--against", choices=("loop", "quantus"), default="loop",
                         help="loop: our batched CAUC/CDROP vs a one-image loop; quantus: the deletion "
                              "curve vs Quantus's PixelFlipping (pip install cwox[bench])")
-    parser.add_argument("--images", type=int, default=2, help="--against quantus: photos (1-6)")
+    parser.add_argument("--images", type=int, default=2, help="--against quantus: photos (1-6); "
+                        "--step must then divide 12288")
     parser.add_argument("--child", choices=("batched", "loop"), help=argparse.SUPPRESS)
     parser.add_argument("--state", help=argparse.SUPPRESS)
     args = parser.parse_args()

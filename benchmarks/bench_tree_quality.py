@@ -25,6 +25,7 @@ Builders:
 * ``NPMI agglomerative``: average linkage on ``1 - NPMI`` of label co-occurrence in the
   training documents, cut at the number of level-1 clusters HLTA found (labels that
   never occur in training stay alone);
+* (``--only 6``) ``HLTA (this, full-N BIC)``: the defaults with the tests' BIC on all N;
 * ``confusion-matrix hierarchy``: average linkage on the model's confusion between labels
   in the training documents (for each document, its top-1 label "confused with" each
   other label it holds, weighted by that label's probability; symmetrised and
@@ -36,7 +37,9 @@ in one level-1 cluster) and the mean share for random clusters of the same sizes
 labels in multi-label clusters, number of such clusters, largest cluster, seconds.
 
     python benchmarks/bench_tree_quality.py
-    python benchmarks/bench_tree_quality.py --docs build/default_docs.zarr --train-min-k 1
+    python benchmarks/bench_tree_quality.py --docs build/default_docs.zarr --train-cap none
+    python benchmarks/bench_tree_quality.py --only 1,6 --replicate 100      # the BIC scale at 100 x N
+    python benchmarks/bench_tree_quality.py --only 1 --param ud_threshold=30
 """
 
 from __future__ import annotations
@@ -114,6 +117,18 @@ def score(tree, test: sp.csr_matrix, seconds: float) -> dict:
                 largest=largest, s=seconds)
 
 
+def _value(text: str):
+    """A ``--param`` value: None, a number, or the text."""
+    if text.lower() == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--docs", default="build/default_docs.zarr")
@@ -122,7 +137,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-min-k", type=int, default=None,
                     help="rows with fewer labels left out of the training documents (default: the store's rule)")
     ap.add_argument("--train-cap", default="5", help="at most this many labels per training row, or 'none'")
-    ap.add_argument("--only", default=None, help="comma-separated builder numbers to run (1-5)")
+    ap.add_argument("--only", default=None, help="comma-separated builder numbers to run (1-6)")
+    ap.add_argument("--param", action="append", default=[],
+                    help="KEY=VALUE for builder 1's HLTA (e.g. ud_threshold=30, candidate_order=mi)")
+    ap.add_argument("--replicate", type=int, default=1,
+                    help="repeat the training documents this many times (the same distribution at R x N)")
     args = ap.parse_args(argv)
 
     store = open_documents(args.docs)
@@ -138,10 +157,14 @@ def main(argv: list[str] | None = None) -> None:
     train_rows = valid[~held & (k_train[valid] >= train_min)]
     test_rows = valid[held & (k_test[valid] >= 2)]
     train, test = rows_matrix(labels, k_train, train_rows, L), rows_matrix(labels, k_test, test_rows, L)
+    if args.replicate > 1:
+        train = sp.vstack([train] * args.replicate).tocsr()
     print(f"documents store {args.docs}: rule {store.attrs.get('rule')}, {len(np.unique(photos[valid]))} photos")
     print(f"training: {train.shape[0]} documents (K' = min(K, {cap}) >= {train_min}, mean K' "
           f"{k_train[train_rows].mean():.1f}) of {len(np.unique(photos[valid[~held]]))} photos; held out: "
-          f"{test.shape[0]} documents (min(K, 5) >= 2) of {len(np.unique(photos[valid[held]]))} photos")
+          f"{test.shape[0]} documents (min(K, 5) >= 2) of {len(np.unique(photos[valid[held]]))} photos"
+          + (f"; training documents repeated {args.replicate} times ({train.shape[0]})" if args.replicate > 1 else ""))
+    extra = {key: _value(v) for key, v in (item.split("=", 1) for item in args.param)}
     occurring = np.flatnonzero(np.asarray(train.sum(axis=0)).ravel() > 0)
     only = None if args.only is None else {int(x) for x in args.only.split(",")}
 
@@ -162,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((title, score(tree, test, time.perf_counter() - t0)))
 
     if only is None or 1 in only:
-        hlta_row("HLTA (this, defaults)")
+        hlta_row(f"HLTA (this{', ' + ', '.join(args.param) if args.param else ', defaults'})", **extra)
     if only is None or 2 in only:
         hlta_row("HLTA (reference settings: CT 3, batch BIC 5000, island 10, top 15, MI order)",
                  ct_threshold=3.0, bic_batch=5000, max_island=10, max_top=15, candidate_order="mi")
@@ -180,6 +203,9 @@ def main(argv: list[str] | None = None) -> None:
         dist = confusion_distance(labels[train_rows], probs[train_rows], k[train_rows], L)
         groups = agglomerative_groups(dist, occurring, n_clusters)
         groups_row(f"confusion-matrix hierarchy ({n_clusters} clusters)", groups, t0)
+
+    if only is not None and 6 in only:
+        hlta_row("HLTA (this, full-N BIC)", bic_batch=None)
 
     print()
     print("| builder | held-out loglik/doc | coherence | random same sizes | labels in clusters | "

@@ -50,13 +50,15 @@ DEFAULT_MIN_CONFIDENCE = 0.5
 
 
 def _name(path: Path, photo_dir: Path) -> str:
-    """A machine-independent name: the file name, with the package folder for package photos."""
+    """A machine-independent name: the file name for photos saved from arrays, else the path
+    below ``site-packages`` or ``/usr/share`` (``foolbox/data/...``, ``tuxpaint/stamps/...``)."""
     if path.parent == photo_dir:
         return path.name
     parts = path.parts
-    for pkg in ("foolbox", "ai_benchmark", "opencv-doc"):
-        if pkg in parts:
-            return "/".join(parts[parts.index(pkg):])
+    if "site-packages" in parts:
+        return "/".join(parts[parts.index("site-packages") + 1:])
+    if parts[:3] == ("/", "usr", "share"):
+        return "/".join(parts[3:])
     return path.name
 
 

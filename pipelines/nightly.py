@@ -42,9 +42,9 @@ from cwox.pipelines.gate import (
     quality_gate,
     split_by_photo,
 )
-from cwox.pipelines.trees import FitResult, fit_tree
+from cwox.pipelines.trees import FitResult, fit_tree, read_documents
 from cwox.store._atomic import atomic_write_text
-from cwox.store.documents import StoreMismatch, open_documents
+from cwox.store.documents import StoreMismatch
 from cwox.store.ownership import TREES, store_kind
 from cwox.store.trees import (
     TreeStoreError,
@@ -185,10 +185,8 @@ def nightly(
     # 2. fit on the training photos ----------------------------------------------------
     t = time.perf_counter()
     try:
-        store = open_documents(docs)
-        valid = store.k() > 0
-        photos = np.asarray([str(p) for p in store.paths()[valid].tolist()], dtype=str)
-        X_all = store.label_matrix()
+        _store, X_all, photos = read_documents(docs)  # the learner's rows and their photos
+        photos = np.asarray([str(p) for p in photos.tolist()], dtype=str)
         held = np.zeros(len(photos), dtype=bool)
         if heldout > 0:
             try:

@@ -1,13 +1,18 @@
 """``cwox evaluate``: contrastive faithfulness of the whole-output modes (CWOX paper, Sec. 5.1).
 
-For each image, base explainer and mode it scores every in-cluster pair
-``(c, C_i \\ c)`` with CAUC (Eq. 4) and CDROP (Eq. 5), and writes to ``--out``:
+For each image, base explainer and mode (SWOX, CWOX-1sA/B, CWOX-2s, Finer-CAM) it scores
+every in-cluster pair ``(c, C_i \\ c)`` of ``--tree`` with CAUC (Eq. 4), CDROP (Eq. 5) and
+the class sensitivity of the map (Spearman, SSIM), by the paper's protocol unless
+``--protocol explain`` (see :data:`cwox.online.evaluation.PROTOCOLS`); ``--cluster-source``
+makes the maps from other clusters (none, random, nearest logits, another tree) while
+scoring the same pairs. It writes to ``--out``:
 
 * ``results.csv``: one row per image, explainer, mode, pair and metric;
 * ``summary.md``: tables shaped like the paper's Tables 1-3 (mean ± 95% Student-t interval);
 * ``curves.png``: the contrastive-score curves of one example pair, one panel per mode (Fig. 6);
 * ``settings.json``: the options of the run, each explainer's parameters (``--n-masks``,
-  ``-p``) and every explainer's effective settings (defaults included).
+  ``-p``, the protocol's), every explainer's effective settings (defaults included) and,
+  per explainer and mode, the stages it reads with their layers or masks (``stage_setup``).
 
 Exit code: 0 every image scored, 1 some image failed (listed, the others finish),
 2 a usage or set-up error (unknown explainer/mode/metric, bad ``-p`` parameter, model,

@@ -4,10 +4,10 @@ CWOX Sec. 4: K is either fixed (e.g. 5) or the smallest number of top classes wh
 cumulative probability exceeds a threshold (e.g. 0.95), capped at ``max_k``.
 
 The documents that built the CWOX paper's trees follow the reference's own rule
-(``vaynexie/CWOX``, ``HLTM/scripts/prepare_training_data.py``, the ``numberlist`` cut
-and the ``len(...) > 1`` filter; ``HLTM/readme.md``, "HLTM Training Data
-Preparation"): the top labels up to cumulative probability 0.95 with **no cap**, and
-documents with K = 1 dropped, since a one-label document carries no co-occurrence.
+(``vaynexie/CWOX``, ``HLTM/scripts/prepare_training_data.py``: the ``numberlist`` cut,
+lines 48-54 and 65, and the ``len(...) > 1`` filter, line 66; ``HLTM/readme.md`` line
+22): the top labels up to cumulative probability 0.95 with **no cap**, and documents
+with K = 1 dropped, since a one-label document carries no co-occurrence.
 Here that is ``TopKRule(cum=0.95, max_k=None, min_k=2)``. ``min_k`` never changes
 which labels a row holds: it says which rows make the learner's corpus (the
 documents store keeps every row and :meth:`TopKRule.keeps` says which count).
