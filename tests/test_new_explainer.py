@@ -167,7 +167,8 @@ def test_direct_question_of_a_new_explainer(setup):
 def test_evaluation_rows_of_a_new_explainer(setup):
     out = setup["root"] / "evaluate"
     res = run("evaluate", setup["photos"] / "chelsea.jpg", "--tree", setup["store"], "--device", "cpu",
-              "--explainers", NAME, "-p", "cells=2", "--modes", "cwox2s,swox", "--step", "112", "--quiet",
+              "--explainers", NAME, "-p", "cells=2", "--modes", "cwox2s,swox", "--metrics", "cauc,cdrop",
+              "--step", "112", "--quiet",
               "--out", out)
     assert res.exit_code == 0, res.output
     with (out / "results.csv").open(newline="", encoding="utf-8") as fh:
