@@ -167,10 +167,13 @@ def test_direct_question_of_a_new_explainer(setup):
 def test_evaluation_rows_of_a_new_explainer(setup):
     out = setup["root"] / "evaluate"
     res = run("evaluate", setup["photos"] / "chelsea.jpg", "--tree", setup["store"], "--device", "cpu",
-              "--explainers", NAME, "-p", "cells=2", "--modes", "cwox2s,swox", "--step", "112", "--quiet",
+              "--explainers", NAME, "-p", "cells=2", "--modes", "cwox2s,swox", "--metrics", "cauc,cdrop",
+              "--step", "112", "--quiet",
               "--out", out)
     assert res.exit_code == 0, res.output
     with (out / "results.csv").open(newline="", encoding="utf-8") as fh:
         rows = [r for r in csv.DictReader(fh) if not r["error"]]
     assert rows and {r["explainer"] for r in rows} == {NAME} and {r["mode"] for r in rows} == {"cwox2s", "swox"}
-    assert all(r["value"] not in ("", "nan") for r in rows)
+    assert {"cauc", "cdrop"} <= {r["metric"] for r in rows}
+    # Every pair scored by the contrastive metrics (Sec. 5.1); a similarity of a constant map may be nan.
+    assert all(r["value"] not in ("", "nan") for r in rows if r["metric"] in ("cauc", "cdrop"))
