@@ -33,7 +33,9 @@ from cwox.commands.common import (
 from cwox.online.modes import MODES, ROLES
 from cwox.store.default_tree import DEFAULT_TREE
 
-#: FG-VCE's embedded reference bank for the default model (``python -m cwox.pipelines.default_bank``).
+#: The embedded reference bank (``python -m cwox.pipelines.default_bank``), which an explainer
+#: may name in its ``default_params`` (FG-VCE does, for the default model); the command itself
+#: reads only what the selected explainer's ``default_params`` gives.
 DEFAULT_BANK = Path(DEFAULT_TREE).with_name("default_bank.zarr")
 
 
@@ -133,7 +135,7 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
 
     from cwox.core.models import load_model
     from cwox.online.engine import Engine
-    from cwox.online.explainers import available_explainers
+    from cwox.online.explainers import available_explainers, explainer_class
 
     explainer = explainer.lower()
     if explainer not in available_explainers():
@@ -148,10 +150,11 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
         classifier = load_model(model, weights=weights, device=device)
     except (ValueError, OSError) as exc:
         raise CommandError(str(exc)) from exc
-    bank_name = _default_bank(explainer, params, classifier)
+    # What the explainer ships with for this model (FG-VCE: its embedded bank), under the user's own.
+    params = {**explainer_class(explainer).default_params(classifier), **params}
     if why_p:
         sys.exit(_ask(paths, classifier, explainer, why_p, rather_q, other_image, params,
-                      batch_size, seed, Path(out_dir), param_items, bank_name))
+                      batch_size, seed, Path(out_dir), param_items))
     tree = load_tree_option(tree_opt, classifier.name, classifier.class_names)
     try:
         engine = Engine(
@@ -164,7 +167,6 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
 
     from tqdm import tqdm
 
-    from cwox.online.explainers.fgvce import BANK_KEY, FGVCE_KEY
     from cwox.online.report import IndexEntry, check_index_replaceable, write_index, write_report
 
     out = Path(out_dir)
@@ -191,8 +193,6 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
             tqdm.write(f"failed {path}: {type(exc).__name__}: {exc}", file=sys.stderr)
             continue
         target = _unique_dir(out, path, used)
-        if FGVCE_KEY in result.diagnostics:  # counterfactuals ran: say which bank, and what it lacks
-            result.diagnostics[BANK_KEY] = [_bank_record(engine.explainer, bank_name, result.classes)]
         write_report(result, target)
         entries.append(IndexEntry.from_explanation(result, target))
         lines = [f"{path} -> {target}/ ({result.timings['total']:.2f} s)", *format_clusters(result)]
@@ -214,38 +214,14 @@ def explain(images, model, weights, device, tree_opt, explainer, role, reference
     sys.exit(1 if failed else 0)
 
 
-def _default_bank(explainer: str, params: dict, classifier) -> str | None:
-    """FG-VCE's bank name for the reports; puts the embedded default bank in ``params`` when none is given.
-
-    The default bank serves the default model only (its features are that model's);
-    for another model FG-VCE runs without a bank (base role) unless one is given.
-    """
-    if explainer != "fgvce":
-        return None
-    if params.get("reference_bank") is not None:
-        return str(params["reference_bank"])
-    if DEFAULT_BANK.exists() and classifier.name == "efficientnet_lite0":
-        params["reference_bank"] = str(DEFAULT_BANK)
-        return f"default ({DEFAULT_BANK.parent.name}/{DEFAULT_BANK.name})"
-    return None
-
-
-def _bank_record(method, name: str | None, asked) -> dict:
-    """The bank record (:func:`cwox.online.diagnostics.bank_record`) of ``method``'s bank for classes ``asked``."""
-    from cwox.online.explainers.fgvce import bank_record
-
-    bank = method.bank
-    return bank_record(name or "given", bank.summary(), bank.classes.tolist(), asked, method.classifier.class_names)
-
-
 def _ask(paths, classifier, explainer, why_p, rather_q, other_image, params, batch_size, seed, out,
-         param_items=(), bank_name=None) -> int:
+         param_items=()) -> int:
     """``--why P [--rather-than Q | --other IMAGE2]``: the explainer's own pair of maps per image."""
     import numpy as np
 
     from cwox.core.images import ImageError, load_image
+    from cwox.online.diagnostics import diagnostic_notes
     from cwox.online.explainers import explainer_class, get_explainer
-    from cwox.online.explainers.fgvce import BANK_KEY, bank_text
     from cwox.online.question import (
         answer_question,
         question_explainers,
@@ -290,12 +266,13 @@ def _ask(paths, classifier, explainer, why_p, rather_q, other_image, params, bat
         target = _unique_dir(out, path, used)
         meta = {"image": str(path), "explainer": explainer, "question": question,
                 "fact": fact, "foil": foil, "settings": method.settings()}
-        if getattr(method, "bank", None) is not None:  # FG-VCE: which bank, and what it lacks
-            goal = answer["extra"].get("report", {}).get("goal")  # the foil FG-VCE chose when none was given
-            asked = fact + (foil or ([goal] if isinstance(goal, int) else list(goal or [])))
-            meta[BANK_KEY] = _bank_record(method, bank_name, asked)
-            meta["note"] = bank_text(meta[BANK_KEY])
-            click.echo(f"  {meta['note']}")
+        # The answer's records of a kind the explainer declared (FG-VCE: its reference bank)
+        # that state plain facts: shown under the maps and printed.
+        notes = diagnostic_notes({key: [value] for key, value in answer["extra"].items()})
+        if notes:
+            meta["note"] = " ".join(notes)
+            for note in notes:
+                click.echo(f"  {note}")
         files = write_question_report(target, np.asarray(classifier.crop(image)), answer, meta,
                                       order=order)
         click.echo(f"{path}: {question} -> {files['png']}")

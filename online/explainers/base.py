@@ -26,8 +26,10 @@ the command line, the question writer, the diagnostics and the report read (none
 them names an explainer): ``supports_contrast`` (and ``contrast_requires``),
 ``question_maps`` and ``other_image`` for :meth:`Explainer.why`, ``records`` (the
 kinds of diagnostics it writes, :class:`cwox.online.diagnostics.RecordKind`: their
-warnings and report tables), ``cli_options`` (dedicated command-line options) and
-the defaults ``default_normalization``/``default_support``. Decorate it with
+warnings, notes and report tables), ``cli_options`` (dedicated command-line options),
+the defaults ``default_normalization``/``default_support``, and the classmethod
+:meth:`Explainer.default_params` (parameters the command line fills in when the user
+gives none, e.g. FG-VCE's embedded reference bank). Decorate it with
 ``@register("name")``, and add ``"name": "module:Class"`` to
 :data:`cwox.online.explainers.BUILTIN` so :func:`get_explainer` finds it lazily (an
 explainer registered at run time, e.g. in a test, needs no registry line).
@@ -109,6 +111,15 @@ class Explainer:
     cli_options: ClassVar[dict[str, str]] = {}
     default_normalization: ClassVar[str] = "none"
     default_support: ClassVar[float] = 50.0
+
+    @classmethod
+    def default_params(cls, classifier: Classifier) -> dict[str, Any]:
+        """Parameters the command line passes when the user gives none (under the user's own).
+
+        For what an explainer ships with for some models, e.g. FG-VCE's embedded
+        reference bank for the default model; ``{}`` by default.
+        """
+        return {}
 
     def __init__(self, classifier: Classifier, *, batch_size: int | None = None) -> None:
         if not isinstance(classifier, Classifier):

@@ -107,6 +107,13 @@ failed search, and ``Explanation.warnings()`` says so. A record's fields:
     every id above but the candidates). Pairs that share one loop ("C_1 rather
     than C_2" and "C_2 rather than C_1") share everything but ``fact``, ``foil``
     and ``reversed``.
+
+``"reference_bank"`` (:func:`bank_record`), one per contrast call, and in :meth:`FGVCE.why`'s answer
+    the bank the loops drew from, when it was given as a path (``name``: ``default
+    (data/default_bank.zarr)`` for the embedded bank, which :meth:`FGVCE.default_params`
+    offers the command line for the default model, else the path): its size, the
+    classes asked and those it has no image of. The report folds an image's records
+    into one note per bank (:func:`bank_notes`).
 """
 
 from __future__ import annotations
@@ -115,6 +122,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -132,6 +140,7 @@ from cwox.online.diagnostics import (
 )
 from cwox.online.explainers.base import Answer, Explainer, register, stage_groups, upsample
 from cwox.online.targets import Target, as_target, members, membership_matrix
+from cwox.store.default_tree import DEFAULT_TREE
 from cwox.store.reference_bank import ReferenceBank, load_reference_bank
 from PIL import Image
 
@@ -145,6 +154,9 @@ __all__ = [
     "FGVCE_KEY",
     "FGVCE_RECORDS",
     "BANK_KEY",
+    "DEFAULT_BANK",
+    "BankReport",
+    "bank_notes",
     "bank_record",
     "bank_text",
     "fgvce_record",
@@ -158,6 +170,10 @@ __all__ = [
 DEFAULT_SIGMA = 0.8
 #: Step limit of the replacement loop (Sec. 4.1).
 DEFAULT_MAX_STEPS = 100
+#: The embedded reference bank, beside the default tree (built by ``python -m cwox.pipelines.default_bank``).
+DEFAULT_BANK = DEFAULT_TREE.with_name("default_bank.zarr")
+#: The model whose features the embedded bank holds (it serves no other).
+DEFAULT_BANK_MODEL = "efficientnet_lite0"
 
 
 # --------------------------------------------------------------------------- diagnostics
@@ -334,8 +350,45 @@ def bank_text(record: Mapping[str, Any]) -> str:
     )
 
 
-#: The bank behind the counterfactuals, a note in the report (:func:`bank_text`).
-BANK_RECORDS = RecordKind(BANK_KEY, notes=lambda records: [bank_text(r) for r in records])
+def bank_notes(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One :func:`bank_text` per bank: the records of one image's calls (one per stage that
+    ran counterfactuals) are folded into one, asking the union of their classes."""
+    merged: dict[str, dict[str, Any]] = {}
+    for r in records:
+        m = merged.get(str(r["name"]))
+        if m is None:
+            merged[str(r["name"])] = {**r, "asked": list(r.get("asked") or []), "missing": list(r.get("missing") or []),
+                                      "names": dict(r.get("names") or {})}
+            continue
+        m["asked"] = sorted({*m["asked"], *(r.get("asked") or [])})
+        m["missing"] = sorted({*m["missing"], *(r.get("missing") or [])})
+        m["names"] = {**m["names"], **(r.get("names") or {})}
+    return [bank_text(m) for m in merged.values()]
+
+
+#: The bank behind the counterfactuals, a note in the report (:func:`bank_notes`).
+BANK_RECORDS = RecordKind(BANK_KEY, notes=bank_notes)
+
+
+@dataclass(frozen=True)
+class BankReport:
+    """The :func:`bank_record` of one :meth:`FGVCE.why` answer; ``as_dict()`` is the record."""
+
+    record: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.record)
+
+
+def _bank_name(reference_bank: Any) -> str | None:
+    """How the user knows a bank given as a path: ``default (data/default_bank.zarr)`` for the
+    embedded one, else the path as given; ``None`` for a bank given as an object (no record)."""
+    if reference_bank is None or isinstance(reference_bank, ReferenceBank):
+        return None
+    path = Path(reference_bank)
+    if path.exists() and DEFAULT_BANK.exists() and path.resolve() == DEFAULT_BANK.resolve():
+        return f"default ({DEFAULT_BANK.parent.name}/{DEFAULT_BANK.name})"
+    return str(reference_bank)
 
 
 # --------------------------------------------------------------------------- partition (Eq. 1-4)
@@ -495,6 +548,14 @@ class FGVCE(Explainer):
     default_normalization = "none"
     default_support = 50.0
 
+    @classmethod
+    def default_params(cls, classifier: Classifier) -> dict[str, Any]:
+        """The embedded reference bank, for the default model only (its features are that
+        model's); for another model FG-VCE runs without a bank (base role) unless one is given."""
+        if classifier.name == DEFAULT_BANK_MODEL and DEFAULT_BANK.exists():
+            return {"reference_bank": str(DEFAULT_BANK)}
+        return {}
+
     def __init__(
         self,
         classifier: Classifier,
@@ -514,6 +575,8 @@ class FGVCE(Explainer):
             raise ValueError(f"max_steps must be >= 1, got {max_steps}")
         self.sigma = float(sigma)
         self.max_steps = int(max_steps)
+        #: How reports name the bank (a bank given as a path); None: no bank record.
+        self.bank_name = _bank_name(reference_bank)
         if reference_bank is not None and not isinstance(reference_bank, ReferenceBank):
             reference_bank = load_reference_bank(reference_bank)
         self.bank = reference_bank
@@ -548,6 +611,12 @@ class FGVCE(Explainer):
             "max_steps": self.max_steps,
             "reference_bank": self.bank.summary() if self.bank is not None else None,
         }
+
+    def _bank_record(self, asked: Iterable[Any]) -> dict[str, Any]:
+        """The :func:`bank_record` of this explainer's bank for the classes (or targets) ``asked``."""
+        bank = self.bank
+        return bank_record(str(self.bank_name), bank.summary(), bank.classes.tolist(), class_ids(*asked),
+                           self.classifier.class_names)
 
     def split(self, layer: str) -> ModelSplit:
         """The model cut at ``layer`` (cached)."""
@@ -656,7 +725,10 @@ class FGVCE(Explainer):
                     stage, fact, foil, backwards, self.bank.layer, res["report"].as_dict(), self.classifier.class_names
                 )
             )
-        return Answer({stage: torch.stack(maps)}, diagnostics={FGVCE_KEY: records})
+        diagnostics = {FGVCE_KEY: records}
+        if self.bank_name is not None:  # which bank, and which classes of these pairs it has no image of
+            diagnostics[BANK_KEY] = [self._bank_record([t for pair in checked for t in pair])]
+        return Answer({stage: torch.stack(maps)}, diagnostics=diagnostics)
 
     def why(
         self, image: torch.Tensor | Image.Image, fact: Target | Iterable[int], foil: Target | Iterable[int] | None = None
@@ -673,7 +745,9 @@ class FGVCE(Explainer):
         Returns:
             ``{"invariant": M_inv, "dominant": M_dom, "contrast": M_inv - M_dom,
             "fact_saliency": s^(0) for P, "foil_saliency": s* for Q}`` (each ``H x W``)
-            and ``"report"``: the :class:`CounterfactualReport` of the loop.
+            and ``"report"``: the :class:`CounterfactualReport` of the loop; with a bank
+            given as a path, also ``"reference_bank"``: a :class:`BankReport` (the
+            :func:`bank_record` of P and Q).
         """
         x = self.prepare(image)
         probs = self.classifier.probabilities(x.unsqueeze(0))[0].float()
@@ -692,6 +766,8 @@ class FGVCE(Explainer):
             )
         (res,) = self._counterfactuals(x, [_Question(fact_t, foil_t, self._criterion(probs, fact_t))])
         res["contrast"] = res["invariant"] - res["dominant"]
+        if self.bank_name is not None:
+            res[BANK_KEY] = BankReport(self._bank_record([fact_t, foil_t]))
         return res
 
     def _check_pair(self, fact: Target | Iterable[int], foil: Target | Iterable[int]) -> tuple[Target, Target]:
