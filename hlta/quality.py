@@ -13,9 +13,10 @@ not open stores; :mod:`cwox.pipelines.trees` does):
 * :func:`confusion_coherence` — among the label pairs that co-occur in a held-out
   document, the share that the tree puts in one level-1 cluster (CWOX Sec. 4 cuts
   the tree at level 1), against the mean share for random clusters of the same sizes.
-* :func:`cluster_sizes` and :func:`cluster_evidence` — how many labels sit in
-  multi-label clusters, the largest cluster, and per cluster how often its labels
-  co-occur and the lift over chance (what ``cwox tree show`` prints).
+* :func:`cluster_sizes`, :func:`cluster_evidence` and :func:`pair_cooccurrence` — how
+  many labels sit in multi-label clusters, the largest cluster, and per cluster how
+  often its labels co-occur and the lift over chance, as a whole and pair by pair (what
+  ``cwox tree show --docs`` prints and the tree page shows).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "confusion_coherence",
     "cluster_sizes",
     "cluster_evidence",
+    "pair_cooccurrence",
     "ClusterEvidence",
     "TreeQuality",
     "tree_quality",
@@ -174,6 +176,25 @@ def cluster_evidence(labels: Sequence[int], X) -> ClusterEvidence:
     f = np.asarray(sub.sum(axis=0)).ravel()
     expected = float(((f.sum() ** 2 - (f ** 2).sum()) / 2) / n) if n else 0.0
     return ClusterEvidence(labels, int((per_doc >= 2).sum()), pairs, expected)
+
+
+def pair_cooccurrence(labels: Sequence[int], X) -> list[tuple[int, int, int, float | None]]:
+    """Every pair ``(a, b, n_ab, lift)`` of ``labels`` in the binary documents ``X``, most
+    co-occurring first: ``n_ab`` documents hold both, ``lift = n_ab * N / (n_a * n_b)``
+    (1 when a and b fall in the top-K independently; None where one never occurs)."""
+    M = as_binary_csr(X).astype(np.float64)
+    labels = [int(i) for i in labels]
+    sub = M[:, labels]
+    co = (sub.T @ sub).toarray()  # n_ab, with n_a on the diagonal
+    n = M.shape[0]
+    out = []
+    for i in range(len(labels)):
+        for j in range(i + 1, len(labels)):
+            n_ab, n_a, n_b = co[i, j], co[i, i], co[j, j]
+            lift = float(n_ab * n / (n_a * n_b)) if n_a and n_b else None
+            out.append((labels[i], labels[j], int(n_ab), lift))
+    out.sort(key=lambda r: (-r[2], -(r[3] or 0.0)))
+    return out
 
 
 @dataclass

@@ -28,6 +28,7 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import scipy.sparse as sp
+from cwox.hlta.quality import cluster_evidence, pair_cooccurrence
 from cwox.hlta.tree import cluster_of, root_of
 from cwox.store.ownership import check_page_replaceable
 
@@ -44,6 +45,8 @@ MAX_PAIRS = 12
 def cooccurrence_evidence(X: sp.spmatrix, groups: Mapping[str, Sequence[int]], max_pairs: int = MAX_PAIRS) -> dict[str, Any]:
     """Co-occurrence counts and lift over chance of each group's classes in the documents ``X``.
 
+    The numbers are :mod:`cwox.hlta.quality`'s, the same ``cwox tree show --docs`` prints.
+
     Args:
         X: binary documents x labels matrix (a document's top-K labels).
         groups: cluster id -> its class ids.
@@ -51,43 +54,30 @@ def cooccurrence_evidence(X: sp.spmatrix, groups: Mapping[str, Sequence[int]], m
 
     Returns:
         ``{"n_documents": N, "counts": {label: n_a}, "clusters": {id: {"together": n,
-        "expected": e, "pairs": [[a, b, n_ab, lift], ...]}}}``: ``together`` counts the
-        documents holding two or more of the group's classes, ``expected`` what
-        independent classes would give (from each class's own frequency), and
-        ``lift = n_ab * N / (n_a * n_b)`` per pair (``None`` where a class never occurs).
+        "lift": l, "pairs": [[a, b, n_ab, lift], ...], "n_pairs": m}}}``: ``together``
+        counts the documents holding two or more of the group's classes, ``lift`` the
+        cluster's co-occurring pairs against what independent classes would give
+        (:class:`~cwox.hlta.quality.ClusterEvidence`), and per pair
+        ``lift = n_ab * N / (n_a * n_b)`` (:func:`~cwox.hlta.quality.pair_cooccurrence`).
     """
-    X = sp.csr_matrix(X, dtype=np.float64)
-    X.data[:] = 1.0
-    n_docs = int(X.shape[0])
-    freq = np.asarray(X.sum(axis=0)).ravel()
+    X = sp.csr_matrix(X)
+    freq = np.asarray((X > 0).sum(axis=0)).ravel()
     labels = sorted({int(lab) for g in groups.values() for lab in g})
-    counts = {lab: int(freq[lab]) for lab in labels}
     out: dict[str, Any] = {}
     for cid, members in groups.items():
         ids = [int(m) for m in members]
         if len(ids) < 2:
             continue
-        sub = X[:, ids]
-        co = (sub.T @ sub).toarray()  # n_ab, n_a on the diagonal
-        per_doc = np.asarray(sub.sum(axis=1)).ravel()
-        p = np.clip(freq[ids] / max(n_docs, 1), 0.0, 1.0)
-        # P(at least two present) for independent classes: 1 - P(none) - P(exactly one).
-        none = float(np.prod(1 - p))
-        one = float(sum(p[i] * np.prod(np.delete(1 - p, i)) for i in range(len(ids))))
-        pairs = []
-        for i in range(len(ids)):
-            for j in range(i + 1, len(ids)):
-                n_ab, n_a, n_b = co[i, j], co[i, i], co[j, j]
-                lift = float(n_ab * n_docs / (n_a * n_b)) if n_a and n_b else None
-                pairs.append([ids[i], ids[j], int(n_ab), None if lift is None else round(lift, 2)])
-        pairs.sort(key=lambda r: (-r[2], -(r[3] or 0)))
+        ev = cluster_evidence(ids, X)
+        pairs = [[a, b, n, None if lift is None else round(lift, 2)] for a, b, n, lift in pair_cooccurrence(ids, X)]
+        lift = ev.lift
         out[cid] = {
-            "together": int((per_doc >= 2).sum()),
-            "expected": round(n_docs * max(0.0, 1.0 - none - one), 1),
+            "together": ev.documents,
+            "lift": round(lift, 2) if np.isfinite(lift) else None,
             "pairs": pairs[:max_pairs],
             "n_pairs": len(pairs),
         }
-    return {"n_documents": n_docs, "counts": counts, "clusters": out}
+    return {"n_documents": int(X.shape[0]), "counts": {lab: int(freq[lab]) for lab in labels}, "clusters": out}
 
 
 def tree_page_data(tree: nx.DiGraph, X: sp.spmatrix | None = None, *, source: str | None = None) -> dict[str, Any]:
@@ -326,8 +316,9 @@ _JS = r"""
         '</td><td><span class="bar" style="width:' + Math.round(80 * p[2] / maxN) + 'px"></span></td><td class="n">' +
         (p[3] === null ? '\u2013' : p[3].toFixed(2) + '\u00d7') + '</td></tr>').join('');
     return '<p>Evidence from ' + ev.n_documents.toLocaleString('en') + ' documents: <b>' + e.together +
-           '</b> hold two or more of these classes in their top-K; independent classes would give about ' +
-           Math.round(e.expected) + '.</p><table class="ev"><tr><th>pair</th><th>documents with both</th><th></th>' +
+           '</b> hold two or more of these classes in their top-K' +
+           (e.lift === null ? '' : '; their pairs co-occur <b>' + e.lift.toFixed(1) + '\u00d7</b> as often as independent classes would') +
+           '.</p><table class="ev"><tr><th>pair</th><th>documents with both</th><th></th>' +
            '<th>lift over chance</th></tr>' + rows + '</table>' +
            (e.n_pairs > e.pairs.length ? '<p class="muted">' + (e.n_pairs - e.pairs.length) + ' more pairs not shown.</p>' : '') +
            '<p class="muted">Lift = n(a, b) \u00b7 N / (n(a) \u00b7 n(b)): 1 means no more often than chance.</p>';

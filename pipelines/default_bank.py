@@ -20,7 +20,8 @@ Measured on the 273 photos (1,092 views, 476 confident, 157 classes): 3 per clas
 the top 5 gave 1,915 candidates, 8.6 MiB; 2 per class with the top 2 (the defaults)
 give 283 views and 566 candidates, about 2.8 MiB. Crops add classes the whole photos
 miss; more views per class add similar views of the same photo, so coverage, not depth,
-was kept. The figures of each build are printed.
+was kept. The figures of each build are printed. The committed bank, from the 633 photos
+of the default tree (2,532 views): 490 views of 284 classes, 980 candidates, 4.4 MiB.
 """
 
 from __future__ import annotations

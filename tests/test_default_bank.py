@@ -23,7 +23,9 @@ CATS = [281, 282, 285, 287]  # tabby, tiger cat, Egyptian cat, lynx
 def test_the_embedded_bank_is_small_and_for_the_default_model():
     assert DEFAULT_BANK == EMBEDDED_BANK  # the command reads what the pipeline writes
     size = sum(p.stat().st_size for p in DEFAULT_BANK.rglob("*") if p.is_file())
-    assert size < 4 * 2**20, f"the committed bank grew to {size / 2**20:.1f} MiB"
+    # 4.4 MiB from the 633 photos of the default tree (284 classes); a guard against a
+    # rebuild that keeps far more candidates per class (3 per class x top 5 was 8.6 MiB).
+    assert size < 6 * 2**20, f"the committed bank grew to {size / 2**20:.1f} MiB"
     bank = load_reference_bank(DEFAULT_BANK)
     assert bank.model == "efficientnet_lite0" and bank.layer == "_conv_head" and bank.grid == (7, 7)
     assert bank.attrs["built_by"] == "cwox.pipelines.default_bank"
