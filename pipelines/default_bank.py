@@ -33,15 +33,15 @@ from pathlib import Path
 import torch
 from cwox.offline.reference_bank import bank_from_tensors
 from cwox.pipelines.photos import bundled_photos, fixed_views
-from cwox.store.default_tree import DEFAULT_TREE
+from cwox.store.default_tree import DEFAULT_BANK
 from cwox.store.ownership import REFERENCE_BANK, remove_store
 from cwox.store.reference_bank import ReferenceBank, save_reference_bank
 
 from cwox.core.images import ImageError, load_image
 from cwox.core.models import DEFAULT_MODEL, load_model
 
-#: Beside the embedded default tree (``cwox explain`` reads it as ``DEFAULT_BANK``).
-EMBEDDED_BANK = DEFAULT_TREE.with_name("default_bank.zarr")
+#: Where the pipeline writes the bank: FG-VCE reads it from the same constant.
+EMBEDDED_BANK = DEFAULT_BANK
 
 #: Views per photo (the photo and fixed crops), reference views per class, candidates per view.
 DEFAULT_VIEWS = 4

@@ -1,6 +1,6 @@
 """The embedded default tree: EfficientNet-Lite0's ImageNet confusion clusters, shipped in the package.
 
-``DEFAULT_TREE`` is its path (package data ``cwox/data/default_tree.zarr``, rebuilt by
+``DEFAULT_TREE`` is its path (and ``DEFAULT_BANK`` FG-VCE's default reference bank beside it) (package data ``cwox/data/default_tree.zarr``, rebuilt by
 ``make default-tree``); :func:`default_tree` loads it and, given a classifier, checks that
 the tree was built for that model and class list.
 """
@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 #: Where the embedded tree store lives (package data of ``cwox``; light to import, for the CLI).
 DEFAULT_TREE = Path(str(files("cwox"))) / "data" / "default_tree.zarr"
+#: FG-VCE's embedded reference bank for the default model, beside the tree (built from the
+#: same photos by ``python -m cwox.pipelines.default_bank``; ``make default-tree`` rebuilds both).
+DEFAULT_BANK = DEFAULT_TREE.with_name("default_bank.zarr")
 
 
 def default_tree(classifier: Any | None = None, version: str = "latest") -> nx.DiGraph:

@@ -8,14 +8,18 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from cwox.hlta.tree import tree_from_groups
-from cwox.online.explainers.fgvce import BANK_KEY, bank_record, bank_text
+from cwox.online.explainers.fgvce import (
+    BANK_KEY,
+    DEFAULT_BANK,  # what explain's default_params hands FG-VCE
+    bank_record,
+    bank_text,
+)
 from cwox.pipelines.default_bank import EMBEDDED_BANK
 from cwox.store.reference_bank import load_reference_bank
 from PIL import Image
 from skimage import data
 
 from cwox.cli import main
-from cwox.commands.explain import DEFAULT_BANK
 
 CATS = [281, 282, 285, 287]  # tabby, tiger cat, Egyptian cat, lynx
 

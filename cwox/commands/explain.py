@@ -33,11 +33,6 @@ from cwox.commands.common import (
 from cwox.online.modes import MODES, ROLES
 from cwox.store.default_tree import DEFAULT_TREE
 
-#: The embedded reference bank (``python -m cwox.pipelines.default_bank``), which an explainer
-#: may name in its ``default_params`` (FG-VCE does, for the default model); the command itself
-#: reads only what the selected explainer's ``default_params`` gives.
-DEFAULT_BANK = Path(DEFAULT_TREE).with_name("default_bank.zarr")
-
 
 def load_tree_option(value: str, model_name: str, class_names: list[str]):
     """The tree named by ``--tree``: ``default`` (embedded), ``none``, or a tree store path.

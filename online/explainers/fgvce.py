@@ -140,7 +140,7 @@ from cwox.online.diagnostics import (
 )
 from cwox.online.explainers.base import Answer, Explainer, register, stage_groups, upsample
 from cwox.online.targets import Target, as_target, members, membership_matrix
-from cwox.store.default_tree import DEFAULT_TREE
+from cwox.store.default_tree import DEFAULT_BANK
 from cwox.store.reference_bank import ReferenceBank, load_reference_bank
 from PIL import Image
 
@@ -171,7 +171,6 @@ DEFAULT_SIGMA = 0.8
 #: Step limit of the replacement loop (Sec. 4.1).
 DEFAULT_MAX_STEPS = 100
 #: The embedded reference bank, beside the default tree (built by ``python -m cwox.pipelines.default_bank``).
-DEFAULT_BANK = DEFAULT_TREE.with_name("default_bank.zarr")
 #: The model whose features the embedded bank holds (it serves no other).
 DEFAULT_BANK_MODEL = "efficientnet_lite0"
 
