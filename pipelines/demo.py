@@ -2,8 +2,9 @@
 
 Saves the photo, explains it with the library (EfficientNet-Lite0, the embedded
 default tree, Grad-CAM, CWOX-2s), writes the report the CLI writes
-(``OUT/chelsea/`` and ``OUT/index.html``) and prints where it is. Chelsea is a
-textbook confusion cluster: tiger cat / Egyptian cat / tabby.
+(``OUT/chelsea/``, ``OUT/index.html`` and the tree's page ``OUT/tree.html``, linked from
+the index) and prints where it is. Chelsea is a textbook confusion: tiger cat / Egyptian
+cat / tabby (the README says how the default tree cuts it).
 
     python -m cwox.pipelines.demo [--out demo-out] [--explainer gradcam]
 """
@@ -20,6 +21,7 @@ def run_demo(out: str | Path = "demo-out", explainer: str = "gradcam") -> Path:
     """Explain chelsea into ``out`` and return the index page's path."""
     from cwox.online.engine import Engine
     from cwox.online.report import IndexEntry, write_index, write_report
+    from cwox.online.tree_page import PAGE_NAME, write_tree_page
     from cwox.store.default_tree import default_tree
     from skimage import data
 
@@ -30,14 +32,16 @@ def run_demo(out: str | Path = "demo-out", explainer: str = "gradcam") -> Path:
     photo = out / "chelsea.png"
     Image.fromarray(data.chelsea()).save(photo)
     classifier = load_model()
-    explanation = Engine(classifier, default_tree(classifier), explainer, "cwox2s").explain(photo)
+    tree = default_tree(classifier)
+    explanation = Engine(classifier, tree, explainer, "cwox2s").explain(photo)
     report = out / "chelsea"
     write_report(explanation, report)
     for cluster in explanation.clusters:
         print(", ".join(f"{explanation.name_of(c)} {explanation.prob_of(c):.3f}" for c in cluster))
     for warning in explanation.warnings():
         print(f"warning: {warning}")
-    return write_index([IndexEntry.from_explanation(explanation, report)], out)
+    page = write_tree_page(tree, out / PAGE_NAME, source="the embedded default tree")
+    return write_index([IndexEntry.from_explanation(explanation, report)], out, tree_page=page)
 
 
 def main(argv: list[str] | None = None) -> int:
