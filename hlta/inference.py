@@ -30,7 +30,7 @@ import networkx as nx
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["CompiledTree", "compile_tree", "tree_log_likelihood", "expected_counts", "LOG_FLOOR"]
+__all__ = ["CompiledTree", "compile_tree", "tree_log_likelihood", "document_log_likelihoods", "expected_counts", "LOG_FLOOR"]
 
 #: Probabilities are floored at exp(LOG_FLOOR) in the log domain so that the
 #: sparse corrections never compute ``-inf - (-inf)``.
@@ -220,6 +220,15 @@ def tree_log_likelihood(
         act = p.active[0]
         total += float(wc[act] @ p.loglik_active) + (float(wc.sum()) - float(wc[act].sum())) * ll0
     return total
+
+
+def document_log_likelihoods(m: CompiledTree, X: sp.csr_matrix, chunk: int = DEFAULT_CHUNK) -> np.ndarray:
+    """Exact ``log P(d)`` of every row of binary CSR ``X`` (the terms :func:`tree_log_likelihood` sums)."""
+    out = np.full(X.shape[0], m.empty_log_likelihood())
+    for start in range(0, X.shape[0], chunk):
+        p = _upward(m, X[start:start + chunk])
+        out[start + p.active[0]] = p.loglik_active
+    return out
 
 
 def expected_counts(

@@ -38,8 +38,8 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import scipy.sparse as sp
-from cwox.hlta.data import as_binary_csr, unique_rows
-from cwox.hlta.inference import compile_tree, tree_log_likelihood
+from cwox.hlta.data import as_binary_csr
+from cwox.hlta.inference import compile_tree, document_log_likelihoods
 from cwox.hlta.quality import SPLIT_RULE, split_by_photo, tree_quality
 
 __all__ = ["GateResult", "SPLIT_RULE", "per_document_loglik", "quality_gate", "split_by_photo"]
@@ -51,17 +51,10 @@ DEFAULT_COHERENCE_TOLERANCE = 0.05
 
 
 def per_document_loglik(tree: nx.DiGraph, X: sp.csr_matrix) -> np.ndarray:
-    """Exact ``log P(d)`` of every row of the binary documents matrix ``X`` (nats).
-
-    Rows are grouped into unique patterns first, so each distinct document is scored
-    once by :func:`cwox.hlta.inference.tree_log_likelihood`.
-    """
+    """Exact ``log P(d)`` of every row of the binary documents matrix ``X`` (nats), by one
+    upward pass per chunk (:func:`cwox.hlta.inference.document_log_likelihoods`)."""
     model = compile_tree(tree)
-    M = as_binary_csr(X, n_labels=model.n_labels)
-    U, _counts = unique_rows(M)
-    per_pattern = np.array([tree_log_likelihood(model, U[i:i + 1]) for i in range(U.shape[0])])
-    index = {tuple(U[i].indices.tolist()): i for i in range(U.shape[0])}
-    return np.array([per_pattern[index[tuple(M[r].indices.tolist())]] for r in range(M.shape[0])])
+    return document_log_likelihoods(model, as_binary_csr(X, n_labels=model.n_labels))
 
 
 @dataclass
