@@ -163,28 +163,20 @@ def quantus_side_by_side(n_images: int, step: int, batch_size: int | None, devic
     Quantus, cwox, Quantus) and keeping each one's best; the curves must agree to 1e-4.
     """
     import quantus
-    import skimage.data
     from cwox.online.metrics import causal_curves
 
-    clf = load_model("efficientnet_lite0").to(device)
+    clf, names, images, top5 = _quantus_inputs(n_images, device, 5)
     model = clf.module
-    names = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field")[:n_images]
-    # Quantus ranks the map broadcast over the 3 channels and needs its step to divide
-    # H * W; whole pixels per step need a step of 3 * k elements, so H * W must be a
-    # multiple of 3: the central 192 x 192 of the 224 crop (the network pools globally).
-    images = torch.stack([clf.preprocess(Image.fromarray(getattr(skimage.data, nm)())) for nm in names])
-    images = images[..., 16:208, 16:208].contiguous().to(device)
-    with torch.inference_mode():
-        top5 = model(images).topk(5, dim=1).indices.tolist()
     top = [t[0] for t in top5]
     # the map of (top class, rest of the top-5), as the CAUC benchmark above draws them
-    maps = torch.cat([gradient_maps(model, images[i], [([t[0]], t[1:])]) for i, t in enumerate(top5)])
+    maps = _tie_free(
+        torch.cat([gradient_maps(model, images[i], [([t[0]], t[1:])]) for i, t in enumerate(top5)])
+    )
     n = maps.shape[1] * maps.shape[2]
     if n % (3 * step):
         raise SystemExit(f"3 x --step must divide the {n} pixels so that both curves have the same points")
     bs = batch_size or default_batch_size(device)
-    metric = quantus.PixelFlipping(features_in_step=3 * step, perturb_baseline=0.0, normalise=False,
-                                   abs=False, disable_warnings=True, display_progressbar=False)
+    metric = _pixel_flipping(step)
 
     def ours() -> np.ndarray:
         return np.stack([
@@ -199,6 +191,22 @@ def quantus_side_by_side(n_images: int, step: int, batch_size: int | None, devic
                      batch_size=len(names))
         return np.asarray(out, dtype=np.float64)
 
+    times, curves = _alternate(ours, theirs, device)
+    diff = float(np.abs(curves["cwox"] - curves["quantus"]).max())
+    per = {k: v / len(names) for k, v in times.items()}
+    print(f"device: {device} ({platform.processor() or platform.machine()}), torch threads {torch.get_num_threads()}, "
+          f"quantus {quantus.__version__}")
+    print(f"images: {', '.join(names)}; top classes: {[clf.class_names[c] for c in top]}")
+    print(f"deletion curve: {n // step} points per image (step {step} pixels), zero substrate, batch {bs}")
+    print(f"cwox:    {per['cwox']:.2f} s per image")
+    print(f"quantus: {per['quantus']:.2f} s per image")
+    print(f"ratio (quantus / cwox): {per['quantus'] / per['cwox']:.2f}x   max |cwox - quantus| = {diff:.2e}")
+    if diff > 1e-4:
+        raise SystemExit(f"the curves differ by {diff:.2e} (> 1e-4): not the same metric")
+
+
+def _alternate(ours, theirs, device: torch.device) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Best of two alternating timings (cwox, Quantus, cwox, Quantus) after one warm-up each."""
     times: dict[str, float] = {"cwox": math.inf, "quantus": math.inf}
     curves: dict[str, np.ndarray] = {}
     for fn in (ours, theirs):
@@ -210,12 +218,104 @@ def quantus_side_by_side(n_images: int, step: int, batch_size: int | None, devic
             curves[name] = fn()
             sync(device)
             times[name] = min(times[name], time.perf_counter() - t0)
+    return times, curves
+
+
+def _quantus_inputs(n_images: int, device: torch.device, k: int):
+    """Model, photo names, central 192 x 192 crops and their top-``k`` classes (see below)."""
+    import skimage.data
+
+    clf = load_model("efficientnet_lite0").to(device)
+    names = ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field")[:n_images]
+    # Quantus ranks the map broadcast over the 3 channels and needs its step to divide
+    # H * W; whole pixels per step need a step of 3 * k elements, so H * W must be a
+    # multiple of 3: the central 192 x 192 of the 224 crop (the network pools globally).
+    images = torch.stack([clf.preprocess(Image.fromarray(getattr(skimage.data, nm)())) for nm in names])
+    images = images[..., 16:208, 16:208].contiguous().to(device)
+    with torch.inference_mode():
+        top = clf.module(images).topk(k, dim=1).indices.tolist()
+    return clf, names, images, top
+
+
+def _tie_free(maps: torch.Tensor) -> torch.Tensor:
+    """The maps as their rank order (``n - rank``, distinct whole numbers, exact in float32).
+
+    The smoothed maps hold a few equal values (58 of 36,864 pixels on chelsea), and two
+    sorts may order ties differently, which moved a curve point by 1e-3. Both sides are
+    given these tie-free maps, so they delete the same pixels in the same order.
+    """
+    flat = maps.flatten(-2)
+    ranks = pixel_ranks(flat.reshape(-1, *maps.shape[-2:])).reshape(flat.shape)
+    return (flat.shape[-1] - ranks).to(maps.dtype).reshape(maps.shape)
+
+
+def _pixel_flipping(step: int):
+    import quantus
+
+    return quantus.PixelFlipping(features_in_step=3 * step, perturb_baseline=0.0, normalise=False,
+                                 abs=False, disable_warnings=True, display_progressbar=False)
+
+
+def quantus_shared_workload(n_images: int, step: int, n_classes: int, batch_size: int | None,
+                            device: torch.device) -> None:
+    """Every class's deletion curve of every class's map, cwox against Quantus.
+
+    The workload of a contrastive evaluation (Eq. 4 reads P of the target set and of the
+    contrast set after each deletion): for each photo, one map per top-``n_classes``
+    class (class against the rest, as above), and for each map the curves of all
+    ``n_classes`` classes. cwox reads every class's probability from the same deletion
+    images (``causal_curves`` with one map and ``n_classes`` targets: one set of passes
+    per map); Quantus's ``PixelFlipping`` scores one target per curve, so a user calls it
+    once per target class, ``n_classes`` times the passes. Same crops, step, substrate
+    and alternating timing as :func:`quantus_side_by_side`; the curves must agree to 1e-4.
+    """
+    import quantus
+    from cwox.online.metrics import causal_curves
+
+    clf, names, images, top = _quantus_inputs(n_images, device, n_classes)
+    model = clf.module
+    # maps[i, j]: the map of class top[i][j] against the rest of photo i's top classes
+    maps = _tie_free(torch.stack([
+        gradient_maps(model, images[i], [([c], [o for o in t if o != c]) for c in t]) for i, t in enumerate(top)
+    ]))
+    n = maps.shape[2] * maps.shape[3]
+    if n % (3 * step):
+        raise SystemExit(f"3 x --step must divide the {n} pixels so that both curves have the same points")
+    bs = batch_size or default_batch_size(device)
+    metric = _pixel_flipping(step)
+    k = n_classes
+
+    def ours() -> np.ndarray:  # [photo, map, class, point]
+        return np.stack([
+            np.stack([
+                causal_curves(model, images[i], maps[i, j], top[i], "deletion", step=step, substrate="zero",
+                              batch_size=bs).probability[:, 1:]
+                for j in range(k)
+            ])
+            for i in range(len(names))
+        ])
+
+    x_rows = images.repeat_interleave(k, dim=0).cpu().numpy()  # row (i, j): photo i, map j
+    a_rows = maps.reshape(-1, 1, *maps.shape[2:]).cpu().numpy()
+
+    def theirs() -> np.ndarray:
+        per_class = []
+        for c in range(k):  # one call per target class: every map's curve of class c
+            y = np.asarray([top[i][c] for i in range(len(names)) for _ in range(k)])
+            out = metric(model=model, x_batch=x_rows, y_batch=y, a_batch=a_rows, device=str(device),
+                         softmax=True, batch_size=bs)
+            per_class.append(np.asarray(out, dtype=np.float64).reshape(len(names), k, -1))
+        return np.stack(per_class, axis=2)
+
+    times, curves = _alternate(ours, theirs, device)
     diff = float(np.abs(curves["cwox"] - curves["quantus"]).max())
-    per = {k: v / len(names) for k, v in times.items()}
+    per = {name: v / len(names) for name, v in times.items()}
+    points = n // step
     print(f"device: {device} ({platform.processor() or platform.machine()}), torch threads {torch.get_num_threads()}, "
           f"quantus {quantus.__version__}")
-    print(f"images: {', '.join(names)}; top classes: {[clf.class_names[c] for c in top]}")
-    print(f"deletion curve: {n // step} points per image (step {step} pixels), zero substrate, batch {bs}")
+    print(f"images: {', '.join(names)}; {k} classes per photo, {k} maps per photo, {k * k} curves per photo")
+    print(f"deletion curves: {points} points each (step {step} pixels), zero substrate, batch {bs}")
+    print(f"forward passes per photo: cwox {k * points} (one set per map), quantus {k * k * points} (one per curve)")
     print(f"cwox:    {per['cwox']:.2f} s per image")
     print(f"quantus: {per['quantus']:.2f} s per image")
     print(f"ratio (quantus / cwox): {per['quantus'] / per['cwox']:.2f}x   max |cwox - quantus| = {diff:.2e}")
@@ -240,11 +340,18 @@ def main() -> None:
                              "curve vs Quantus's PixelFlipping (pip install cwox[bench])")
     parser.add_argument("--images", type=int, default=2, help="--against quantus: photos (1-6); "
                         "--step must then divide 12288")
+    parser.add_argument("--workload", choices=("single", "shared"), default="single",
+                        help="--against quantus: single = the top class's curve of one map per photo; shared = "
+                             "every top class's curve of every top class's map (one call per class for Quantus)")
+    parser.add_argument("--classes", type=int, default=5, help="--workload shared: top classes per photo")
     parser.add_argument("--child", choices=("batched", "loop"), help=argparse.SUPPRESS)
     parser.add_argument("--state", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         run_child(args.child, args.state)
+        return
+    if args.against == "quantus" and args.workload == "shared":
+        quantus_shared_workload(args.images, args.step, args.classes, args.batch_size, resolve_device(args.device))
         return
     if args.against == "quantus":
         quantus_side_by_side(args.images, args.step, args.batch_size, resolve_device(args.device))

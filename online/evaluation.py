@@ -577,6 +577,21 @@ def t_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float
     return float(v.mean()), half, int(v.size)
 
 
+def wilcoxon_p(differences: Sequence[float]) -> float:
+    """Two-sided Wilcoxon signed-rank p of paired differences (zeros dropped, as Wilcoxon's test).
+
+    NaN when no finite non-zero difference is left. The paired test the summary prints beside
+    each mean difference: it asks whether one mode beats another pair by pair, which
+    overlapping marginal intervals cannot say.
+    """
+    from scipy import stats
+
+    d = np.asarray([x for x in differences if np.isfinite(x) and x != 0], dtype=np.float64)
+    if d.size == 0:
+        return math.nan
+    return float(stats.wilcoxon(d).pvalue)
+
+
 def _fmt(mean: float, half: float) -> str:
     if not np.isfinite(mean):
         return "n/a"
@@ -603,7 +618,8 @@ def summarize(
     Table 1: CAUC per mode (rows) x explainer (columns); Table 2: CDROP; Table 3: CWOX-2s
     per base explainer with mean ``n_delta``, CAUC and CDROP. Extra tables for insertion /
     deletion when present; then pairwise CWOX-2s-minus-baseline differences (paired by
-    image and pair), which say more than overlapping marginal intervals.
+    image and pair) with their Wilcoxon signed-rank p (:func:`wilcoxon_p`), which say more
+    than overlapping marginal intervals.
     """
     good = [r for r in rows if not r.get("error")]
     failed = [r for r in rows if r.get("error")]
@@ -677,8 +693,8 @@ def summarize(
                                     for m in CONTRASTIVE_METRICS) + " |"
         lines.append("")
         lines += ["## Paired differences: CWOX-2s minus each baseline (same image and pair)", "",
-                  "| explainer | metric | baseline | mean difference | CWOX-2s better in |",
-                  "|---|---|---|---|---|"]
+                  "| explainer | metric | baseline | mean difference | CWOX-2s better in | Wilcoxon p |",
+                  "|---|---|---|---|---|---|"]
         for e in explainers:
             for metric in metrics:
                 ours = {(r["image"], r["class"]): float(r["value"]) for r in good
@@ -690,8 +706,9 @@ def summarize(
                     diff = [ours[k] - theirs[k] for k in keys]
                     better = sum((d > 0) if metric in ("cdrop", "insertion") else (d < 0) for d in diff)
                     mean, half, n = t_interval(diff, confidence)
+                    p_value = wilcoxon_p(diff)
                     lines.append(f"| {e} | {metric} | {MODE_LABELS[base]} | {_fmt(mean, half)} | "
-                                 f"{better}/{n} pairs |")
+                                 f"{better}/{n} pairs | {'n/a' if math.isnan(p_value) else f'{p_value:.2g}'} |")
         lines.append("")
     if failed:
         lines += ["## Failed images", ""] + [f"- {r['image']}: {r['error']}" for r in failed] + [""]

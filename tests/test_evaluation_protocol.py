@@ -251,3 +251,36 @@ def test_saliency_attack_noise_is_in_pixel_space():
     assert float(noise[inside].var()) == pytest.approx(0.03, rel=0.1)  # variance 0.03 in pixel units
     with pytest.raises(ValueError, match="mean and std"):
         saliency_attack_score(model, images, maps, mean=mean)
+
+
+# ----------------------------------------------------------------- the summary's paired test
+
+
+def test_summary_prints_the_paired_wilcoxon_p():
+    """The summary's p is the two-sided signed-rank p of CWOX-2s minus the baseline, pair by pair.
+
+    Eight hand-made pairs where CWOX-2s's CDROP is higher in seven: the p printed must be
+    scipy's on those differences (zeros dropped), and an all-equal baseline gives n/a.
+    """
+    from cwox.online.evaluation import summarize, wilcoxon_p
+    from scipy.stats import wilcoxon
+
+    ours = [0.30, 0.25, 0.41, 0.12, 0.33, 0.27, 0.05, 0.38]
+    swox = [0.10, 0.20, 0.15, 0.13, 0.21, 0.07, 0.04, 0.18]
+    rows = []
+    for i, (a, b) in enumerate(zip(ours, swox, strict=True)):
+        for mode, v in (("cwox2s", a), ("swox", b), ("cwox1sa", a)):
+            rows.append({"image": f"p{i}.jpg", "explainer": "gradcam", "mode": mode, "metric": "cdrop",
+                         "class": str(i), "value": v, "n_delta": 10, "n_summed": 10, "error": ""})
+    diff = np.subtract(ours, swox)
+    expected = wilcoxon(diff).pvalue
+    assert wilcoxon_p(diff) == pytest.approx(expected)
+    assert wilcoxon_p(np.append(diff, [0.0, 0.0])) == pytest.approx(expected)  # zeros dropped
+    assert math.isnan(wilcoxon_p([0.0, 0.0]))
+    text = summarize(rows)
+    line = next(ln for ln in text.splitlines() if ln.startswith("| gradcam | cdrop | SWOX |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[4] == "7/8 pairs"
+    assert float(cells[5]) == pytest.approx(expected, rel=0.05)  # printed to 2 significant digits
+    same = next(ln for ln in text.splitlines() if ln.startswith("| gradcam | cdrop | CWOX-1sA |"))
+    assert same.rstrip().endswith("| n/a |")

@@ -2,7 +2,9 @@
 
     python benchmarks/evaluation/wilcoxon.py benchmarks/evaluation/results.csv
 
-Prints the markdown table appended to summary.md.
+Prints a markdown table of p-values. ``cwox evaluate``'s own summary.md carries the same
+p (:func:`cwox.online.evaluation.wilcoxon_p`) in its paired-differences table; this script
+reads a results.csv written before it did.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import csv
 import sys
 
 import numpy as np
-from scipy.stats import wilcoxon
+from cwox.online.evaluation import wilcoxon_p
 
 BASELINES = ("swox", "cwox1sa", "cwox1sb", "finercam")
 
@@ -37,9 +39,9 @@ def main(path: str) -> None:
             for base in BASELINES:
                 theirs = values(rows, ex, base, metric)
                 diff = np.array([ours[k] - theirs[k] for k in sorted(ours) if k in theirs])
-                if diff.size == 0 or not np.any(diff):
-                    continue
-                print(f"| {ex} | {metric} | {base} | {wilcoxon(diff).pvalue:.2g} |")
+                p = wilcoxon_p(diff)
+                if np.isfinite(p):
+                    print(f"| {ex} | {metric} | {base} | {p:.2g} |")
 
 
 if __name__ == "__main__":
