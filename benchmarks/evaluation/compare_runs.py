@@ -16,7 +16,8 @@ the paired difference to the FIRST run and its Wilcoxon signed-rank p, the share
 pairs where deleting the map's salient pixels raised the contrastive score (CDROP < 0)
 and the median ``n_delta``; SWOX (which neither clusters nor stage two touch) is printed
 from the first run as the anchor. CAUC compares only between runs with the same modes
-(it sums over the pair's smallest ``n_delta`` among the modes scored). Prints markdown.
+(it sums over the pair's smallest ``n_delta`` among the modes scored); the script says so when the
+runs' sums cover different pixel counts. Prints markdown.
 """
 
 from __future__ import annotations
@@ -82,9 +83,10 @@ def main(args: list[str]) -> None:
           + " | CDROP < 0 | median n_delta |")
     print("|---|---|" + "---|" * (len(METRICS) + 2))
     for ex in explainers:
-        print(f"| {ex} | SWOX (from {ref_name}) | "
-              + " | ".join(cell(values(first, ex, "swox", m), None) for m in METRICS)
-              + " | " + extras(first, ex, "swox") + " |")
+        if values(first, ex, "swox", "cdrop"):
+            print(f"| {ex} | SWOX (from {ref_name}) | "
+                  + " | ".join(cell(values(first, ex, "swox", m), None) for m in METRICS)
+                  + " | " + extras(first, ex, "swox") + " |")
         for name, rs in rows.items():
             cells = []
             for m in METRICS:
@@ -95,6 +97,16 @@ def main(args: list[str]) -> None:
     print()
     print(f"Cells: mean over pairs; in brackets the mean paired difference to {ref_name}, "
           "the Wilcoxon signed-rank p and the number of pairs.")
+    summed = {name: {(r["image"], r["explainer"], r["class"]): r["n_summed"] for r in rs
+                     if r["mode"] == "cwox2s" and r["metric"] == "cauc"} for name, rs in rows.items()}
+    ref = summed[ref_name]
+    differ = [name for name, s in summed.items() if any(s.get(k, v) != v for k, v in ref.items())]
+    if differ:
+        print()
+        print(f"CAUC (Eq. 4) sums the contrastive score over each pair's n_summed deleted pixels, and "
+              f"{', '.join(differ)} summed over other counts than {ref_name}: a map with more salient "
+              "pixels sums more terms, so CAUC does not compare across these runs. Read CDROP (Eq. 5 "
+              "divides the drop by log2(1 + n_delta / tau)) and the class sensitivity.")
 
 
 if __name__ == "__main__":
