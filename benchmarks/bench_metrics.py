@@ -15,7 +15,10 @@ part on CUDA).
 ``PixelFlipping`` (same model, photos, heatmaps, step and substrate; values checked equal),
 per image: ``python benchmarks/bench_metrics.py --against quantus --step 256 --images 2``
 (Quantus is in the ``bench`` extra: ``pip install -e .[bench]``; ``--step`` must divide
-192 * 192 / 3 = 12288).
+192 * 192 / 3 = 12288). ``--workload shared --classes K``: every class's curve of every
+class's map (one Quantus call per class). ``--workload evaluate``: CAUC and CDROP of
+every pair and mode as ``cwox evaluate`` scores them (Grad-CAM, default tree) against the
+one-class curves a Quantus user needs for them.
 """
 
 from __future__ import annotations
@@ -325,6 +328,181 @@ def quantus_shared_workload(n_images: int, step: int, n_classes: int, batch_size
     ])
 
 
+def quantus_evaluate_workload(n_images: int, step: int, batch_size: int | None, device: torch.device) -> None:
+    """What ``cwox evaluate`` scores for one explainer, cwox against Quantus.
+
+    For each photo: the default tree's in-cluster pairs ``(c, C_i \\ c)`` of its top
+    classes, every mode's Grad-CAM map (the engine and modes ``cwox evaluate`` runs) and
+    CAUC (Eq. 4, over the pair's smallest ``n_delta``) and CDROP (Eq. 5) of every (pair,
+    mode): cwox's own :func:`cwox.online.evaluation.score_explanations`, timed. Quantus's
+    ``PixelFlipping`` reads one class's probability along the whole curve; Eq. 3 needs P of
+    the target and of the contrast set, so a Quantus user runs one curve per (map, class of
+    ``t`` and ``C'``) (identical rows merged, which favours Quantus), to the last pixel,
+    plus one pass for the undeleted image, then reads CAUC and CDROP off the curve's points
+    (linear between them, as cwox's CAUC between its samples). Maps and photos are the
+    central 192 x 192 of the 224 crops on both sides (Quantus's step must divide H * W in
+    whole pixels, see :func:`_quantus_inputs`). Times: one warm-up each, then cwox, Quantus,
+    cwox (cwox's best of two; Quantus runs once, being the long one). Checked: Quantus's
+    curves equal cwox's at every point for two rows (same deletion images, 1e-4), and the
+    differences of the CAUC and CDROP read off Quantus's points are printed.
+    """
+    import dataclasses
+
+    import quantus  # noqa: F401  (fail early when the bench extra is missing)
+    import skimage.data
+    from cwox.online.evaluation import (
+        EvaluationSetup,
+        contrast_pairs,
+        explain_modes,
+        score_explanations,
+    )
+    from cwox.online.metrics import causal_curves
+    from cwox.online.targets import cut_clusters
+    from cwox.store.default_tree import DEFAULT_TREE
+    from cwox.store.trees import load_tree
+
+    clf = load_model("efficientnet_lite0").to(device)
+    model = clf.module
+    tree = load_tree(DEFAULT_TREE)
+    bs = batch_size or default_batch_size(device)
+    setup = EvaluationSetup.build(explainers=["gradcam"], metrics=["cauc", "cdrop"], step=step, batch_size=bs)
+    engine = setup.engines(clf, tree)["gradcam"]
+    crop = (..., slice(16, 208), slice(16, 208))
+    work = []  # (name, x, explanations, clusters, pairs)
+    for name in ("chelsea", "coffee", "astronaut", "rocket", "cat", "hubble_deep_field"):
+        if len(work) == n_images:
+            break
+        x, exps = explain_modes(engine, Image.fromarray(getattr(skimage.data, name)()), setup.modes)
+        first = next(iter(exps.values()))
+        clusters = cut_clusters(tree, first.classes, level=engine.level)
+        pairs = contrast_pairs(first, clusters)
+        if not pairs:
+            continue  # cwox evaluate scores nothing on a photo without a two-class cluster
+        exps = {m: dataclasses.replace(e, class_maps=np.ascontiguousarray(e.class_maps[crop])) for m, e in exps.items()}
+        work.append((name, x[crop].contiguous(), exps, clusters, pairs))
+    if not work:
+        raise SystemExit("no photo has a cluster of two or more classes")
+    modes = list(work[0][2])
+    n = 192 * 192
+    if n % (3 * step):
+        raise SystemExit(f"3 x --step must divide the {n} pixels so that both curves have the same points")
+    metric = _pixel_flipping(step)
+
+    def ours() -> list[np.ndarray]:
+        out = []
+        for name, x, exps, clusters, _ in work:
+            rows = score_explanations(clf, x, exps, setup, name, clusters)
+            out.append(np.array([r["value"] for r in rows]))
+        return out
+
+    # Quantus's rows: one per distinct (map, class) that some (pair, mode) reads
+    quantus_rows = []
+    for _name, _x, exps, _clusters, pairs in work:
+        rows: dict[tuple[bytes, int], int] = {}
+        maps, ys = [], []
+        for c, rest in pairs:
+            k = exps[modes[0]].classes.index(c)
+            for m in modes:
+                mp = _tie_free(torch.as_tensor(exps[m].class_maps[k])[None])[0].numpy()
+                for cls in (c, *rest):
+                    key = (mp.tobytes(), cls)
+                    if key not in rows:
+                        rows[key] = len(ys)
+                        maps.append(mp)
+                        ys.append(cls)
+        quantus_rows.append((np.stack(maps)[:, None], np.asarray(ys), rows))
+
+    def theirs() -> list[np.ndarray]:
+        out = []
+        for (_name, x, exps, _clusters, pairs), (a_rows, ys, rows) in zip(work, quantus_rows):
+            curves = np.asarray(metric(model=model, x_batch=x[None].expand(len(ys), -1, -1, -1).cpu().numpy(),
+                                       y_batch=ys, a_batch=a_rows, device=str(device), softmax=True,
+                                       batch_size=bs), dtype=np.float64)  # R x (n / step)
+            with torch.inference_mode():
+                p0 = torch.softmax(model(x[None]).double(), -1)[0].cpu().numpy()
+            out.append(_scores_from_curves(curves, p0, exps, modes, pairs, rows, step, n))
+        return out
+
+    ours()  # warm-up
+    metric(model=model, x_batch=work[0][1][None].cpu().numpy(), y_batch=quantus_rows[0][1][:1],
+           a_batch=quantus_rows[0][0][:1], device=str(device), softmax=True, batch_size=bs)  # warm-up
+    t_ours, t_theirs = math.inf, math.inf
+    for fn in (ours, theirs, ours):
+        sync(device)
+        t0 = time.perf_counter()
+        got = fn()
+        sync(device)
+        if fn is ours:
+            t_ours, values_ours = min(t_ours, time.perf_counter() - t0), got
+        else:
+            t_theirs, values_theirs = time.perf_counter() - t0, got
+    # the same deletion images: two rows' whole curves, cwox against Quantus
+    a_rows, ys, _ = quantus_rows[0]
+    x0 = work[0][1]
+    mine = causal_curves(model, x0, torch.as_tensor(a_rows[:2, 0]), [[int(y)] for y in ys[:2]], "deletion",
+                         step=step, substrate="zero", batch_size=bs).probability[:, 1:]
+    theirs_two = np.asarray(metric(model=model, x_batch=x0[None].expand(2, -1, -1, -1).cpu().numpy(), y_batch=ys[:2],
+                                   a_batch=a_rows[:2], device=str(device), softmax=True, batch_size=bs))
+    curve_diff = float(np.abs(mine - theirs_two).max())
+    ours_all, theirs_all = np.concatenate(values_ours), np.concatenate(values_theirs)
+    n_scores = ours_all.size
+    cauc_rel = np.abs(ours_all[0::2] - theirs_all[0::2]) / np.maximum(np.abs(ours_all[0::2]), 1e-12)
+    cdrop_abs = np.abs(ours_all[1::2] - theirs_all[1::2])
+    passes_ours = _count_passes(model, ours)
+    n_rows = sum(len(r[1]) for r in quantus_rows)
+    passes_theirs = n_rows * (n // step) + len(work)
+    print(f"device: {device} ({platform.processor() or platform.machine()}), torch threads {torch.get_num_threads()}, "
+          f"quantus {quantus.__version__}")
+    print(f"photos: {', '.join(w[0] for w in work)}; pairs: {sum(len(w[4]) for w in work)}; modes: {', '.join(modes)}; "
+          f"{n_scores} scores (CAUC and CDROP of every pair and mode)")
+    print(f"Grad-CAM maps of the default tree's engine, step {step}, zero substrate, batch {bs}, 192 x 192")
+    print(f"forward passes: cwox {passes_ours} (CAUC to n_delta, CDROP's two points, shared images once); "
+          f"quantus {passes_theirs} ({n_rows} curves of {n // step} points, one per (map, class))")
+    print(f"cwox:    {t_ours:.2f} s")
+    print(f"quantus: {t_theirs:.2f} s")
+    print(f"ratio (quantus / cwox): {t_theirs / t_ours:.2f}x   passes {passes_theirs / passes_ours:.1f}x")
+    print(f"same deletion images: max |cwox - quantus| over two whole curves = {curve_diff:.2e}")
+    print(f"read off Quantus's points: CAUC relative difference median {np.median(cauc_rel):.1e}, max {cauc_rel.max():.1e}; "
+          f"CDROP absolute difference max {cdrop_abs.max():.1e} (cwox samples n_delta - 1 and n_delta themselves)")
+    if curve_diff > 1e-4:
+        raise SystemExit(f"the curves differ by {curve_diff:.2e} (> 1e-4): not the same deletion images")
+
+
+def _scores_from_curves(curves: np.ndarray, p0: np.ndarray, exps, modes, pairs, rows, step: int, n: int) -> np.ndarray:
+    """CAUC and CDROP of every (pair, mode), in ``score_explanations``'s order, from one-class curves."""
+    grid = np.arange(0, n + 1, step)
+    tau = 0.05 * n
+    out = []
+    for c, rest in pairs:
+        k = exps[modes[0]].classes.index(c)
+        maps = [_tie_free(torch.as_tensor(exps[m].class_maps[k])[None])[0].numpy() for m in modes]
+        own = [int(nd) for nd in n_salient_pixels(torch.as_tensor(np.stack([exps[m].class_maps[k] for m in modes])),
+                                                  0.5)]
+        summed = min(own)
+        for mp, nd in zip(maps, own):
+            def prob(classes, mp=mp):
+                return sum(np.concatenate([[p0[cls]], curves[rows[(mp.tobytes(), cls)]]]) for cls in classes)
+
+            score = np.interp(np.arange(n + 1), grid, prob([c]) * (1.0 - prob(rest)))
+            out += [score[:summed].sum() / n, (score[0] - score[nd]) / math.log2(1.0 + max(nd, tau) / tau)]
+    return np.asarray(out)
+
+
+def _count_passes(model: torch.nn.Module, fn) -> int:
+    """Images ``fn()`` sends through ``model`` (counted by a forward pre-hook, removed after)."""
+    counted = [0]
+
+    def count(_module, args):
+        counted[0] += args[0].shape[0]
+
+    handle = model.register_forward_pre_hook(count)
+    try:
+        fn()
+    finally:
+        handle.remove()
+    return counted[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -342,15 +520,19 @@ def main() -> None:
                              "curve vs Quantus's PixelFlipping (pip install cwox[bench])")
     parser.add_argument("--images", type=int, default=2, help="--against quantus: photos (1-6); "
                         "--step must then divide 12288")
-    parser.add_argument("--workload", choices=("single", "shared"), default="single",
+    parser.add_argument("--workload", choices=("single", "shared", "evaluate"), default="single",
                         help="--against quantus: single = the top class's curve of one map per photo; shared = "
-                             "every top class's curve of every top class's map (one call per class for Quantus)")
+                             "every top class's curve of every top class's map (one call per class for Quantus); "
+                             "evaluate = CAUC and CDROP of every pair and mode, as cwox evaluate scores them")
     parser.add_argument("--classes", type=int, default=5, help="--workload shared: top classes per photo")
     parser.add_argument("--child", choices=("batched", "loop"), help=argparse.SUPPRESS)
     parser.add_argument("--state", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         run_child(args.child, args.state)
+        return
+    if args.against == "quantus" and args.workload == "evaluate":
+        quantus_evaluate_workload(args.images, args.step, args.batch_size, resolve_device(args.device))
         return
     if args.against == "quantus" and args.workload == "shared":
         quantus_shared_workload(args.images, args.step, args.classes, args.batch_size, resolve_device(args.device))

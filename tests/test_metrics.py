@@ -192,6 +192,49 @@ def test_n_delta_override_and_min(hand):
     assert result.cdrop[1] == pytest.approx((s(4, 4) - 2 / 9) / math.log2(21), rel=1e-6)
 
 
+def test_n_delta_per_heatmap_shares_the_images_of_several_pairs(hand):
+    model, image = hand
+    # Two pairs, each with its own "min" rule, in one call: the map A for pair (0 | 1)
+    # summed over 2 pixels and the same map A for pair (0 | 2) over 3 pixels. Hand values
+    # for (0 | 2): P0 * (1 - P2) with kB = 4, P2 = 1 / z.
+    def s02(k_a: int) -> float:
+        z = 2**k_a + 2**4 + 1
+        return 2**k_a / z * (1 - 1 / z)
+
+    maps = torch.stack([A, A])
+    pairs = [([0], [1]), ([0], [2])]
+    result = contrastive_scores(model, image, maps, pairs, step=1, n_delta=[2, 3])
+    np.testing.assert_array_equal(result.n_summed, [2, 3])
+    np.testing.assert_allclose(
+        result.cauc, [(s(4, 4) + s(3, 4)) / 16, (s02(4) + s02(3) + s02(2)) / 16], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        result.cdrop,
+        [(s(4, 4) - s(0, 4)) / math.log2(6), (s02(4) - s02(0)) / math.log2(6)],
+        rtol=1e-6,
+    )
+    # Both pairs read the same deletion images: d = 0, 1, 2 and 4 (CDROP's end), once each.
+    model.batch_sizes.clear()
+    contrastive_scores(model, image, maps, pairs, step=1, n_delta=[2, 3], batch_size=64)
+    assert sum(model.batch_sizes) == 4
+    # The same scores from one call per pair, which runs the shared images twice.
+    for k, (pair, count) in enumerate(zip(pairs, (2, 3))):
+        alone = contrastive_scores(model, image, A, [pair], step=1, n_delta=count)
+        assert alone.cauc[0] == pytest.approx(result.cauc[k], rel=1e-6)
+        assert alone.cdrop[0] == pytest.approx(result.cdrop[k], rel=1e-6)
+
+
+def test_n_delta_per_heatmap_is_checked(hand):
+    model, image = hand
+    maps = torch.stack([A, B])
+    with pytest.raises(ValueError, match="give one per heatmap"):
+        contrastive_scores(model, image, maps, [([0], [1])], n_delta=[2])
+    with pytest.raises(ValueError, match=r"integers in \[0, 16\]"):
+        contrastive_scores(model, image, maps, [([0], [1])], n_delta=[2, 17])
+    with pytest.raises(ValueError, match="integers"):
+        contrastive_scores(model, image, maps, [([0], [1])], n_delta=[2.5, 1.0])
+
+
 def test_negative_heatmap_and_delta_one(hand):
     model, image = hand
     # max H < 0: no pixel has H >= 0.5 * max H, so n_delta = 0: CAUC sums nothing (0) and

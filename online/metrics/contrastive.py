@@ -149,20 +149,34 @@ def _as_pair(pair) -> tuple[ClassSet, ClassSet]:
 
 
 def _resolve_n_summed(n_delta, own: np.ndarray, n: int) -> np.ndarray:
+    """Pixels CAUC sums per heatmap: see ``n_delta`` of :func:`contrastive_scores`."""
     if n_delta is None:
         return own.copy()
     if isinstance(n_delta, str):
         if n_delta != "min":
             raise ValueError(
-                f"n_delta must be None, 'min' or an integer in [0, n], got {n_delta!r}"
+                f"n_delta must be None, 'min', an integer in [0, n] or one per heatmap, got {n_delta!r}"
             )
         return np.full_like(own, own.min())
+    if isinstance(n_delta, (Sequence, np.ndarray, torch.Tensor)):
+        counts = np.asarray(n_delta.cpu() if isinstance(n_delta, torch.Tensor) else n_delta)
+        if counts.shape != own.shape:
+            raise ValueError(
+                f"n_delta gives {counts.size} counts for {own.size} heatmaps: give one per heatmap"
+            )
+        if counts.size and (
+            counts.dtype.kind not in "iu" or counts.min() < 0 or counts.max() > n
+        ):
+            raise ValueError(f"n_delta counts must be integers in [0, {n}], got {counts.tolist()}")
+        return counts.astype(own.dtype)
     if (
         isinstance(n_delta, bool)
         or not isinstance(n_delta, (int, np.integer))
         or not 0 <= n_delta <= n
     ):
-        raise ValueError(f"n_delta must be None, 'min' or an integer in [0, {n}], got {n_delta!r}")
+        raise ValueError(
+            f"n_delta must be None, 'min', an integer in [0, {n}] or one per heatmap, got {n_delta!r}"
+        )
     return np.full_like(own, int(n_delta))
 
 
@@ -174,7 +188,7 @@ def contrastive_scores(
     *,
     delta: float = 0.5,
     step: int = 16,
-    n_delta: int | str | None = None,
+    n_delta: int | str | Sequence[int] | None = None,
     tau: float | None = None,
     substrate: str | torch.Tensor = "zero",
     batch_size: int | None = None,
@@ -193,8 +207,10 @@ def contrastive_scores(
         step: CAUC evaluates the curve every ``step`` pixels (see the module doc).
         n_delta: pixels summed by CAUC: ``None`` = each heatmap's own ``n_delta``; an int =
             that many for all; ``"min"`` = the smallest ``n_delta`` among the heatmaps (the
-            paper's rule when comparing heatmaps of the same pair). CDROP always uses each
-            heatmap's own ``n_delta``.
+            paper's rule when comparing heatmaps of the same pair); a sequence = one count
+            per heatmap (several pairs' ``"min"`` rules in one call: the images the pairs
+            share then go through the model once). CDROP always uses each heatmap's own
+            ``n_delta``.
         tau: CDROP's penalty scale; default ``0.05 n``.
         substrate: ``"zero"``, ``"blur"`` or a ``C x H x W`` tensor of replacement values.
         batch_size: images per forward pass (default: :func:`cwox.core.devices.default_batch_size`).
