@@ -11,6 +11,8 @@ Which stage-two layer (``-p gradcam.class_layer=...``)?
 
 Every run scores the same pairs (the reference tree's ``(c, C_i \\ c)``, whatever source
 made the clusters), so CWOX-2s's values pair up by (image, explainer, class) across runs.
+The first run may hold more explainers than the others (a joined run): only the
+explainers some other run has are printed.
 Per explainer and run: CWOX-2s's mean CAUC, CDROP and class sensitivity (Spearman) with
 the paired difference to the FIRST run and its Wilcoxon signed-rank p, the share of
 pairs where deleting the map's salient pixels raised the contrastive score (CDROP < 0)
@@ -77,8 +79,11 @@ def main(args: list[str]) -> None:
     runs = dict(a.split("=", 1) for a in args)
     rows = {name: load(path) for name, path in runs.items()}
     first = next(iter(rows.values()))
-    explainers = list(dict.fromkeys(r["explainer"] for r in first))
     ref_name = next(iter(rows))
+    # the first run's explainers that some other run has too (all of them for one run):
+    # a joined reference run may hold explainers the runs compared with it do not
+    others = {r["explainer"] for name, rs in rows.items() if name != ref_name for r in rs}
+    explainers = [ex for ex in dict.fromkeys(r["explainer"] for r in first) if len(rows) == 1 or ex in others]
     print("| explainer | run | " + " | ".join(f"{m} ({BETTER[m]} better)" for m in METRICS)
           + " | CDROP < 0 | median n_delta |")
     print("|---|---|" + "---|" * (len(METRICS) + 2))
