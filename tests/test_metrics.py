@@ -511,6 +511,25 @@ def test_train_mode_model_is_evaluated_in_eval_mode_and_restored():
     assert model.training
 
 
+def test_each_submodule_keeps_its_own_mode():
+    # A wrapper in train mode around a classifier in eval mode (and the other way round):
+    # the metric runs everything in eval mode and gives each module its own flag back.
+    torch.manual_seed(0)
+    inner = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2), torch.nn.Flatten(), torch.nn.Linear(32, 3)
+    ).eval()
+    wrapper = torch.nn.Sequential(inner)  # train mode, as nn.Module starts
+    image = torch.randn(1, 4, 4)
+    heat = torch.arange(16.0).view(4, 4)
+    expected = cauc(inner, image, heat, [0], [1], step=1)
+    assert cauc(wrapper, image, heat, [0], [1], step=1, batch_size=3) == pytest.approx(expected, rel=1e-6)
+    assert wrapper.training and not inner.training and not inner[1].training
+    wrapper.eval()
+    inner[1].train()  # a BatchNorm left in train mode under an eval-mode wrapper
+    assert cauc(wrapper, image, heat, [0], [1], step=1, batch_size=3) == pytest.approx(expected, rel=1e-6)
+    assert inner[1].training and not wrapper.training
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_matches_cpu():
     model = conv_model()

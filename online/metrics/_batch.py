@@ -208,15 +208,21 @@ def substrate_image(image: torch.Tensor, substrate: str | torch.Tensor) -> torch
 # --------------------------------------------------------------------------- batched runs
 @contextlib.contextmanager
 def eval_mode(model: Model) -> Iterator[None]:
-    """Run an ``nn.Module`` in eval mode (batch statistics would couple the images of a batch)."""
-    if isinstance(model, torch.nn.Module) and model.training:
-        model.eval()
-        try:
-            yield
-        finally:
-            model.train()
-    else:
+    """Run an ``nn.Module`` in eval mode (batch statistics would couple the images of a batch).
+
+    Every submodule's own ``training`` flag is restored afterwards, so a wrapper left in
+    train mode around a classifier in eval mode does not hand it back in train mode.
+    """
+    if not isinstance(model, torch.nn.Module) or not any(m.training for m in model.modules()):
         yield
+        return
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
 
 
 def set_indicator(
