@@ -188,10 +188,8 @@ def quantus_side_by_side(n_images: int, step: int, batch_size: int | None, devic
         ])
 
     def theirs() -> np.ndarray:
-        out = metric(model=model, x_batch=images.cpu().numpy(), y_batch=np.asarray(top),
-                     a_batch=maps[:, None].cpu().numpy(), device=str(device), softmax=True,
-                     batch_size=len(names))
-        return np.asarray(out, dtype=np.float64)
+        return _quantus_curves(metric, model, images.cpu().numpy(), top, maps[:, None].cpu().numpy(), device,
+                               len(names))
 
     times, curves = _alternate(ours, theirs, device)
     _report(device, times, curves, len(names), [
@@ -218,20 +216,35 @@ def _report(device: torch.device, times: dict[str, float], curves: dict[str, np.
         raise SystemExit(f"the curves differ by {diff:.2e} (> 1e-4): not the same metric")
 
 
-def _alternate(ours, theirs, device: torch.device) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Best of two alternating timings (cwox, Quantus, cwox, Quantus) after one warm-up each."""
+def _alternate(ours, theirs, device: torch.device, *, theirs_runs: int = 2,
+               warm_theirs=None) -> tuple[dict[str, float], dict]:
+    """Best of alternating timings after one warm-up each: cwox, Quantus, cwox, Quantus.
+
+    ``theirs_runs=1`` runs Quantus once (cwox, Quantus, cwox) when it is the long one;
+    ``warm_theirs`` warms Quantus up with a smaller call than ``theirs``.
+    """
     times: dict[str, float] = {"cwox": math.inf, "quantus": math.inf}
-    curves: dict[str, np.ndarray] = {}
-    for fn in (ours, theirs):
-        fn()  # warm-up
-    for _ in range(2):
+    curves: dict = {}
+    ours()  # warm-up
+    (warm_theirs or theirs)()  # warm-up
+    for r in range(2):
         for fn, name in ((ours, "cwox"), (theirs, "quantus")):
+            if name == "quantus" and r >= theirs_runs:
+                continue
             sync(device)
             t0 = time.perf_counter()
             curves[name] = fn()
             sync(device)
             times[name] = min(times[name], time.perf_counter() - t0)
     return times, curves
+
+
+def _quantus_curves(metric, model: torch.nn.Module, x_rows: np.ndarray, ys, a_rows: np.ndarray,
+                    device: torch.device, batch_size: int) -> np.ndarray:
+    """Quantus's deletion curves of the rows (image, target class, map): ``R x (n / step)``."""
+    out = metric(model=model, x_batch=x_rows, y_batch=np.asarray(ys), a_batch=a_rows, device=str(device),
+                 softmax=True, batch_size=batch_size)
+    return np.asarray(out, dtype=np.float64)
 
 
 def _quantus_inputs(n_images: int, device: torch.device, k: int):
@@ -314,9 +327,7 @@ def quantus_shared_workload(n_images: int, step: int, n_classes: int, batch_size
         per_class = []
         for c in range(k):  # one call per target class: every map's curve of class c
             y = np.asarray([top[i][c] for i in range(len(names)) for _ in range(k)])
-            out = metric(model=model, x_batch=x_rows, y_batch=y, a_batch=a_rows, device=str(device),
-                         softmax=True, batch_size=bs)
-            per_class.append(np.asarray(out, dtype=np.float64).reshape(len(names), k, -1))
+            per_class.append(_quantus_curves(metric, model, x_rows, y, a_rows, device, bs).reshape(len(names), k, -1))
         return np.stack(per_class, axis=2)
 
     times, curves = _alternate(ours, theirs, device)
@@ -395,56 +406,51 @@ def quantus_evaluate_workload(n_images: int, step: int, batch_size: int | None, 
             out.append(np.array([r["value"] for r in rows]))
         return out
 
-    # Quantus's rows: one per distinct (map, class) that some (pair, mode) reads
+    # Quantus's rows: one per distinct (map, class) that some (pair, mode) reads. Per photo:
+    # the rows' maps and classes, and per (pair, mode) its rows by class and its own n_delta
     quantus_rows = []
     for _name, _x, exps, _clusters, pairs in work:
-        rows: dict[tuple[bytes, int], int] = {}
-        maps, ys = [], []
+        index: dict[tuple[bytes, int], int] = {}
+        maps, ys, reads = [], [], []
         for c, rest in pairs:
             k = exps[modes[0]].classes.index(c)
-            for m in modes:
+            own = n_salient_pixels(torch.as_tensor(np.stack([exps[m].class_maps[k] for m in modes])), 0.5).tolist()
+            for m, nd in zip(modes, own):
                 mp = _tie_free(torch.as_tensor(exps[m].class_maps[k])[None])[0].numpy()
+                row_of = {}
                 for cls in (c, *rest):
                     key = (mp.tobytes(), cls)
-                    if key not in rows:
-                        rows[key] = len(ys)
+                    if key not in index:
+                        index[key] = len(ys)
                         maps.append(mp)
                         ys.append(cls)
-        quantus_rows.append((np.stack(maps)[:, None], np.asarray(ys), rows))
+                    row_of[cls] = index[key]
+                reads.append((c, rest, row_of, int(nd), min(own)))
+        quantus_rows.append((np.stack(maps)[:, None], np.asarray(ys), reads))
 
     def theirs() -> list[np.ndarray]:
         out = []
-        for (_name, x, exps, _clusters, pairs), (a_rows, ys, rows) in zip(work, quantus_rows):
-            curves = np.asarray(metric(model=model, x_batch=x[None].expand(len(ys), -1, -1, -1).cpu().numpy(),
-                                       y_batch=ys, a_batch=a_rows, device=str(device), softmax=True,
-                                       batch_size=bs), dtype=np.float64)  # R x (n / step)
+        for (_name, x, *_), (a_rows, ys, reads) in zip(work, quantus_rows):
+            x_rows = x[None].expand(len(ys), -1, -1, -1).cpu().numpy()
+            curves = _quantus_curves(metric, model, x_rows, ys, a_rows, device, bs)  # R x (n / step)
             with torch.inference_mode():
                 p0 = torch.softmax(model(x[None]).double(), -1)[0].cpu().numpy()
-            out.append(_scores_from_curves(curves, p0, exps, modes, pairs, rows, step, n))
+            out.append(_scores_from_curves(curves, p0, reads, step, n))
         return out
 
-    ours()  # warm-up
-    metric(model=model, x_batch=work[0][1][None].cpu().numpy(), y_batch=quantus_rows[0][1][:1],
-           a_batch=quantus_rows[0][0][:1], device=str(device), softmax=True, batch_size=bs)  # warm-up
-    t_ours, t_theirs = math.inf, math.inf
-    for fn in (ours, theirs, ours):
-        sync(device)
-        t0 = time.perf_counter()
-        got = fn()
-        sync(device)
-        if fn is ours:
-            t_ours, values_ours = min(t_ours, time.perf_counter() - t0), got
-        else:
-            t_theirs, values_theirs = time.perf_counter() - t0, got
+    x0, (a_rows, ys, _) = work[0][1], quantus_rows[0]
+    times, values = _alternate(
+        ours, theirs, device, theirs_runs=1,
+        warm_theirs=lambda: _quantus_curves(metric, model, x0[None].cpu().numpy(), ys[:1], a_rows[:1], device, bs),
+    )
+    t_ours, t_theirs = times["cwox"], times["quantus"]
     # the same deletion images: two rows' whole curves, cwox against Quantus
-    a_rows, ys, _ = quantus_rows[0]
-    x0 = work[0][1]
     mine = causal_curves(model, x0, torch.as_tensor(a_rows[:2, 0]), [[int(y)] for y in ys[:2]], "deletion",
                          step=step, substrate="zero", batch_size=bs).probability[:, 1:]
-    theirs_two = np.asarray(metric(model=model, x_batch=x0[None].expand(2, -1, -1, -1).cpu().numpy(), y_batch=ys[:2],
-                                   a_batch=a_rows[:2], device=str(device), softmax=True, batch_size=bs))
+    theirs_two = _quantus_curves(metric, model, x0[None].expand(2, -1, -1, -1).cpu().numpy(), ys[:2], a_rows[:2],
+                                 device, bs)
     curve_diff = float(np.abs(mine - theirs_two).max())
-    ours_all, theirs_all = np.concatenate(values_ours), np.concatenate(values_theirs)
+    ours_all, theirs_all = np.concatenate(values["cwox"]), np.concatenate(values["quantus"])
     n_scores = ours_all.size
     cauc_rel = np.abs(ours_all[0::2] - theirs_all[0::2]) / np.maximum(np.abs(ours_all[0::2]), 1e-12)
     cdrop_abs = np.abs(ours_all[1::2] - theirs_all[1::2])
@@ -468,23 +474,22 @@ def quantus_evaluate_workload(n_images: int, step: int, batch_size: int | None, 
         raise SystemExit(f"the curves differ by {curve_diff:.2e} (> 1e-4): not the same deletion images")
 
 
-def _scores_from_curves(curves: np.ndarray, p0: np.ndarray, exps, modes, pairs, rows, step: int, n: int) -> np.ndarray:
-    """CAUC and CDROP of every (pair, mode), in ``score_explanations``'s order, from one-class curves."""
+def _scores_from_curves(curves: np.ndarray, p0: np.ndarray, reads, step: int, n: int) -> np.ndarray:
+    """CAUC and CDROP of every (pair, mode), in ``score_explanations``'s order, from one-class curves.
+
+    ``reads``: per (pair, mode), ``(c, rest, row of each class, the map's n_delta, the pair's
+    smallest n_delta)``; ``p0`` the undeleted image's probabilities (the curves start after
+    the first step).
+    """
     grid = np.arange(0, n + 1, step)
     tau = 0.05 * n
     out = []
-    for c, rest in pairs:
-        k = exps[modes[0]].classes.index(c)
-        maps = [_tie_free(torch.as_tensor(exps[m].class_maps[k])[None])[0].numpy() for m in modes]
-        own = [int(nd) for nd in n_salient_pixels(torch.as_tensor(np.stack([exps[m].class_maps[k] for m in modes])),
-                                                  0.5)]
-        summed = min(own)
-        for mp, nd in zip(maps, own):
-            def prob(classes, mp=mp):
-                return sum(np.concatenate([[p0[cls]], curves[rows[(mp.tobytes(), cls)]]]) for cls in classes)
+    for c, rest, row_of, nd, summed in reads:
+        def prob(classes, row_of=row_of):
+            return sum(np.concatenate([[p0[cls]], curves[row_of[cls]]]) for cls in classes)
 
-            score = np.interp(np.arange(n + 1), grid, prob([c]) * (1.0 - prob(rest)))
-            out += [score[:summed].sum() / n, (score[0] - score[nd]) / math.log2(1.0 + max(nd, tau) / tau)]
+        score = np.interp(np.arange(n + 1), grid, prob([c]) * (1.0 - prob(rest)))
+        out += [score[:summed].sum() / n, (score[0] - score[nd]) / math.log2(1.0 + max(nd, tau) / tau)]
     return np.asarray(out)
 
 
