@@ -1,6 +1,7 @@
-"""What the explainer benchmarks share: the cats tree, fair timing, peak memory.
+"""What the benchmarks share: the cats tree, fair timing, pass counts, peak memory.
 
-Imported by ``bench_explainers.py`` and ``bench_whole_output.py`` (run as scripts
+Imported by ``bench_explainers.py``, ``bench_whole_output.py``, ``bench_metrics.py`` and
+``bench_evaluate_calls.py`` (run as scripts
 from the repository, so this folder is on ``sys.path``).
 """
 
@@ -29,6 +30,21 @@ def sync(device: torch.device) -> None:
     """Wait for queued CUDA work, so a timer stops when the work does."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def count_passes(model: torch.nn.Module, fn) -> int:
+    """Images ``fn()`` sends through ``model`` (counted by a forward pre-hook, removed after)."""
+    counted = [0]
+
+    def count(_module, args):
+        counted[0] += args[0].shape[0]
+
+    handle = model.register_forward_pre_hook(count)
+    try:
+        fn()
+    finally:
+        handle.remove()
+    return counted[0]
 
 
 def timed(fn, device: torch.device) -> tuple[float, float, Any]:

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import peak_rss_mib, sync
+from _common import count_passes, peak_rss_mib, sync
 from cwox.online.metrics import cauc_sample_weights, contrastive_scores
 from cwox.online.metrics._batch import n_salient_pixels, pixel_ranks
 from PIL import Image
@@ -454,7 +454,7 @@ def quantus_evaluate_workload(n_images: int, step: int, batch_size: int | None, 
     n_scores = ours_all.size
     cauc_rel = np.abs(ours_all[0::2] - theirs_all[0::2]) / np.maximum(np.abs(ours_all[0::2]), 1e-12)
     cdrop_abs = np.abs(ours_all[1::2] - theirs_all[1::2])
-    passes_ours = _count_passes(model, ours)
+    passes_ours = count_passes(model, ours)
     n_rows = sum(len(r[1]) for r in quantus_rows)
     passes_theirs = n_rows * (n // step) + len(work)
     print(f"device: {device} ({platform.processor() or platform.machine()}), torch threads {torch.get_num_threads()}, "
@@ -491,21 +491,6 @@ def _scores_from_curves(curves: np.ndarray, p0: np.ndarray, reads, step: int, n:
         score = np.interp(np.arange(n + 1), grid, prob([c]) * (1.0 - prob(rest)))
         out += [score[:summed].sum() / n, (score[0] - score[nd]) / math.log2(1.0 + max(nd, tau) / tau)]
     return np.asarray(out)
-
-
-def _count_passes(model: torch.nn.Module, fn) -> int:
-    """Images ``fn()`` sends through ``model`` (counted by a forward pre-hook, removed after)."""
-    counted = [0]
-
-    def count(_module, args):
-        counted[0] += args[0].shape[0]
-
-    handle = model.register_forward_pre_hook(count)
-    try:
-        fn()
-    finally:
-        handle.remove()
-    return counted[0]
 
 
 def main() -> None:
